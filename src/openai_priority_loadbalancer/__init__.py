@@ -1,0 +1,35 @@
+"""Priority load balancing for the OpenAI SDK: an httpx / httpx2 transport over several endpoints.
+
+Every request goes to an available backend of the best priority; a backend that answers 429 (or fails)
+is set aside until its rate limit resets and the request is retried on another one, invisibly to the
+SDK. When every backend is throttled the caller gets one 429 whose ``Retry-After`` names the soonest
+moment any backend frees up.
+
+Errors: configuration mistakes raise ``TypeError`` / ``ValueError`` when backends and balancers are
+built. At request time the balancer raises nothing of its own: the inner transport's errors
+(``httpx.ReadTimeout``, ...) reach the caller unchanged when no other backend can be tried.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._backend import Backend, TokenProvider
+from ._base import EXTENSION, Attempt, BackendStats, BaseLoadBalancer, Routing
+from ._transports import AsyncLoadBalancer, LoadBalancer
+from ._version import __version__
+
+__all__ = [
+    "Backend",
+    "LoadBalancer",
+    "AsyncLoadBalancer",
+    "BaseLoadBalancer",
+    "BackendStats",
+    "Routing",
+    "Attempt",
+    "EXTENSION",
+    "TokenProvider",
+    "__version__",
+]
+
+logging.getLogger("openai-priority-loadbalancer").addHandler(logging.NullHandler())
