@@ -48,6 +48,10 @@ _RETRY_STATUSES: Final = frozenset({500, 502, 503, 504})
 # backend is free again "now" but was already tried by this request.
 _MIN_RETRY_AFTER_S: Final = 0.1
 _URL_CACHE_SIZE: Final = 512
+# While a probe is out (a half-open breaker, a spent budget), waiting requests look again this often.
+_PROBE_POLL_S: Final = 0.02
+# The shortest wait: a backend tried by this request and free again "now" is not hammered in a loop.
+_MIN_WAIT_S: Final = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,9 @@ class BaseLoadBalancer:
         failure_backoff_s: how long a backend is set aside after its first consecutive failure
             (5xx, connection error); doubles with each further one...
         failure_backoff_max_s: ...up to this.
+        max_wait_s: when every backend is set aside, a request waits up to this long (and never
+            beyond its own read timeout) for one to free up, instead of returning a 429 at once.
+            0 returns the 429 at once.
 
     Raises:
         TypeError: ``backends`` is not a list of :class:`Backend`.
@@ -120,6 +127,7 @@ class BaseLoadBalancer:
         max_cooldown_s: float = DEFAULT_MAX_COOLDOWN_S,
         failure_backoff_s: float = 1.0,
         failure_backoff_max_s: float = 60.0,
+        max_wait_s: float = 30.0,
     ) -> None:
         self.backends = _validated(backends)
         for name, value in (
@@ -127,6 +135,7 @@ class BaseLoadBalancer:
             ("max_cooldown_s", max_cooldown_s),
             ("failure_backoff_s", failure_backoff_s),
             ("failure_backoff_max_s", failure_backoff_max_s),
+            ("max_wait_s", max_wait_s),
         ):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -138,6 +147,7 @@ class BaseLoadBalancer:
         self._max_cooldown_s = float(max_cooldown_s)
         self._backoff_s = float(failure_backoff_s)
         self._backoff_max_s = float(failure_backoff_max_s)
+        self._max_wait_s = float(max_wait_s)
         self._states = [BackendState(backend, i) for i, backend in enumerate(self.backends)]
         priorities = sorted({b.priority for b in self.backends})
         self._tiers = [[s for s in self._states if s.backend.priority == p] for p in priorities]
@@ -162,12 +172,21 @@ class BaseLoadBalancer:
     def _flow(self, request: Request, lib: HttpLib) -> Generator[Action, Any, Response]:
         """Drive one request to its final response; see the module docstring for the protocol."""
         attempts: list[Attempt] = []
-        tried: set[int] = set()
+        tried: set[int] = set()  # backends this request tried since it last waited
+        deadline: float | None = None  # set when the request first finds no backend
         while True:
             now = self._clock()
             state, probe, seq = self._choose(now, tried)
             if state is None:
-                return self._synthesize_429(lib, request, now, attempts)
+                if deadline is None:
+                    deadline = now + self._wait_budget(request)
+                delay = self._next_chance(now)
+                if now + delay > deadline:
+                    return self._synthesize_429(lib, request, now, attempts)
+                logger.debug("waiting for a backend wait_s=%.3f", delay)
+                yield (SLEEP, delay)
+                tried.clear()
+                continue
             tried.add(state.index)
             backend = state.backend
             token: str | None = None
@@ -264,8 +283,14 @@ class BaseLoadBalancer:
         elif token is not None:
             headers["Authorization"] = f"Bearer {token}"
             headers.pop("api-key", None)
+        stream = request.stream
+        if backend.deployments and request.url.raw_path.startswith(b"/openai/v1/"):
+            body = _rewrite_model(request.content, backend.deployments)
+            if body is not None:
+                stream = lib.module.ByteStream(body)
+                headers["Content-Length"] = str(len(body))
         return lib.Request(  # type: ignore[no-any-return]
-            request.method, url, headers=headers, stream=request.stream, extensions=request.extensions
+            request.method, url, headers=headers, stream=stream, extensions=request.extensions
         )
 
     def _backend_url(self, url: Any, backend: Backend) -> Any:
@@ -387,6 +412,24 @@ class BaseLoadBalancer:
 
     # ------------------------------------------------------------------ when nothing is left
 
+    def _wait_budget(self, request: Request) -> float:
+        """How long a request may wait for a backend: ``max_wait_s``, within the request's read timeout."""
+        timeout = request.extensions.get("timeout")
+        read = timeout.get("read") if isinstance(timeout, dict) else None
+        if isinstance(read, int | float) and read < self._max_wait_s:
+            return float(read)
+        return self._max_wait_s
+
+    def _next_chance(self, now: float) -> float:
+        """Seconds until some backend may take a request: its cooldown ends, or a probe may have returned."""
+        with self._lock:
+            soonest = min(s.cooling_until for s in self._states)
+            probing = any(s.probing for s in self._states)
+        delay = soonest - now
+        if probing:
+            delay = min(delay, _PROBE_POLL_S)
+        return max(delay, _MIN_WAIT_S)
+
     def _synthesize_429(
         self, lib: HttpLib, request: Request, now: float, attempts: list[Attempt]
     ) -> Response:
@@ -454,6 +497,22 @@ def _rewrite_deployment(raw_path: bytes, deployments: Mapping[str, str]) -> byte
     if target is None:
         return raw_path
     return prefix + target.encode() + rest[end:]
+
+
+def _rewrite_model(content: bytes, deployments: Mapping[str, str]) -> bytes | None:
+    """The JSON body with its ``model`` mapped for this backend (the v1 API form), or None if unchanged."""
+    if not content.startswith(b"{") or b'"model"' not in content:
+        return None
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None
+    model = body.get("model") if isinstance(body, dict) else None
+    target = deployments.get(model) if isinstance(model, str) else None
+    if target is None:
+        return None
+    body["model"] = target
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
