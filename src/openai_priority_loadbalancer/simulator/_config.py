@@ -1,0 +1,127 @@
+"""Configuration of one simulated Azure OpenAI instance."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import KW_ONLY, dataclass
+from typing import Literal, get_args
+
+__all__ = ["FAILURE_MODES", "HEADER_STYLES", "FailureMode", "HeaderStyle", "InstanceConfig"]
+
+FailureMode = Literal["500", "503", "refuse", "hang"]
+"""How a failing instance misbehaves (see `InstanceConfig.failure`)."""
+
+HeaderStyle = Literal["retry-after", "retry-after-float", "http-date", "retry-after-ms", "reset-requests"]
+"""How a 429 says when to retry (see `InstanceConfig.header_style`)."""
+
+FAILURE_MODES: tuple[str, ...] = get_args(FailureMode)
+HEADER_STYLES: tuple[str, ...] = get_args(HeaderStyle)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """What one simulated Azure OpenAI instance does.
+
+    Rate limiting uses fixed windows of ``window_s`` seconds. The first window opens with the
+    first request the instance receives (after the simulator starts or after
+    `Simulator.reset_stats`), and the following windows follow back to back from that moment,
+    whether or not requests arrive. A throttled request does not use up capacity.
+
+    Args:
+        name: Unique within a simulator; letters, digits, ``.``, ``_`` and ``-``.
+        requests_per_window: Requests admitted per window; ``None`` means unlimited and ``0``
+            throttles everything.
+        window_s: Window length in seconds.
+        tokens_per_minute: Optional token budget. It is enforced per window, pro rata:
+            ``tokens_per_minute * window_s / 60`` tokens per window. A request costs its prompt
+            estimate (about 4 characters per token) plus ``max_tokens`` (or
+            ``max_completion_tokens``; 16 when neither is given), counted when it is admitted,
+            as Azure does.
+        latency_s: Delay before answering (non-streamed) or before the first chunk (streamed).
+        stream_chunks: Number of ``chat.completion.chunk`` events in a streamed answer.
+        stream_chunk_delay_s: Delay between two chunks of a streamed answer.
+        failure: ``None`` (healthy), ``"500"`` or ``"503"`` (every request gets that status),
+            ``"refuse"`` (the port is bound but not listening: connections are refused) or
+            ``"hang"`` (requests are read and never answered until the simulator stops).
+        header_style: How a 429 says when to retry: ``"retry-after"`` (whole seconds, rounded
+            up), ``"retry-after-float"`` (seconds with millisecond precision),
+            ``"http-date"`` (an HTTP-date, rounded up to the next whole second),
+            ``"retry-after-ms"`` (``retry-after-ms`` plus whole-second ``retry-after``) or
+            ``"reset-requests"`` (only ``x-ratelimit-reset-requests``, or
+            ``x-ratelimit-reset-tokens`` when the token budget ran out, as a duration such as
+            ``"1s"`` or ``"250ms"``).
+        api_key: If set, requests must carry it as ``api-key`` or ``Authorization: Bearer``;
+            others get a 401.
+        port: TCP port on the simulator's host; ``0`` picks a free one.
+        ratelimit_headers: Whether answers report the budget: ``x-ratelimit-limit-*`` and
+            ``x-ratelimit-remaining-*`` (and, on successes, ``x-ratelimit-reset-requests``).
+            With ``False`` a 429 carries only what ``header_style`` asks for and successes
+            carry nothing about the budget.
+
+    Raises:
+        ValueError: A value is out of range.
+        TypeError: A value has the wrong type.
+    """
+
+    name: str
+    _: KW_ONLY
+    requests_per_window: int | None = None
+    window_s: float = 1.0
+    tokens_per_minute: int | None = None
+    latency_s: float = 0.0
+    stream_chunks: int = 10
+    stream_chunk_delay_s: float = 0.0
+    failure: FailureMode | None = None
+    header_style: HeaderStyle = "retry-after"
+    api_key: str | None = None
+    port: int = 0
+    ratelimit_headers: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"name must be a str, not {type(self.name).__name__}")
+        if not _NAME.fullmatch(self.name):
+            raise ValueError(f"name {self.name!r}: use letters, digits, '.', '_' and '-'")
+        _check_int("requests_per_window", self.requests_per_window, minimum=0, optional=True)
+        _check_int("tokens_per_minute", self.tokens_per_minute, minimum=1, optional=True)
+        _check_int("stream_chunks", self.stream_chunks, minimum=1)
+        _check_int("port", self.port, minimum=0)
+        if self.port > 65535:
+            raise ValueError(f"port must be at most 65535, not {self.port}")
+        _check_float("window_s", self.window_s, positive=True)
+        _check_float("latency_s", self.latency_s)
+        _check_float("stream_chunk_delay_s", self.stream_chunk_delay_s)
+        if self.failure is not None and self.failure not in FAILURE_MODES:
+            raise ValueError(f"failure must be None or one of {FAILURE_MODES}, not {self.failure!r}")
+        if self.header_style not in HEADER_STYLES:
+            raise ValueError(f"header_style must be one of {HEADER_STYLES}, not {self.header_style!r}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise ValueError("api_key must be None or a non-empty str")
+        if not isinstance(self.ratelimit_headers, bool):
+            raise TypeError("ratelimit_headers must be a bool")
+
+    @property
+    def tokens_per_window(self) -> int | None:
+        """The token budget of one window, or ``None`` without a token budget."""
+        if self.tokens_per_minute is None:
+            return None
+        return max(1, math.floor(self.tokens_per_minute * self.window_s / 60))
+
+
+def _check_int(field: str, value: object, *, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{field} must be an int{' or None' if optional else ''}, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{field} must be at least {minimum}, not {value}")
+
+
+def _check_float(field: str, value: object, *, positive: bool = False) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{field} must be a number, not {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{field} must be a finite number {'> 0' if positive else '>= 0'}, not {value}")
