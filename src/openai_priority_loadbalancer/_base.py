@@ -243,8 +243,10 @@ class BaseLoadBalancer:
                     if s.index in tried or now < s.cooling_until:
                         continue
                     exhausted = s.budget_exhausted()
-                    if s.probing and (exhausted or s.failures):
-                        continue
+                    if exhausted and s.in_flight:
+                        continue  # spent: what is in flight will tell more (or is the one probe)
+                    if s.probing and s.failures:
+                        continue  # half-open: its one probe is out
                     key = (exhausted, s.in_flight / s.backend.weight)
                     if best_key is None or key < best_key:
                         best, best_key = [s], key
@@ -337,11 +339,18 @@ class BaseLoadBalancer:
                 )
                 cooldown = info.cooldown_s if info.cooldown_s is not None else self._default_cooldown_s
                 self._set_aside(state, now, cooldown, "throttled", status)
-                state.remaining_requests = state.remaining_tokens = None
+                # When the cooldown ends, so has the window: expect its full budget where the backend
+                # told its limit, else let one request find out before the others follow.
+                state.limit_requests = _int_header(
+                    headers, "x-ratelimit-limit-requests", state.limit_requests
+                )
+                state.refill()
                 return False
             if status in _RETRY_STATUSES:
+                # Only Retry-After counts on a 5xx: a reset header there speaks of the budget, not the outage.
+                retry = {k: v for k in ("retry-after-ms", "retry-after") if (v := headers.get(k)) is not None}
                 info = read_rate_limit(
-                    headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s
+                    retry, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s
                 )
                 self._fail(state, now, info.cooldown_s or 0.0, str(status))
                 return False
@@ -372,7 +381,10 @@ class BaseLoadBalancer:
             ) or info.cooldown_s
             if reset:
                 self._set_aside(state, now, reset, "exhausted", None)
-                state.remaining_requests = state.remaining_tokens = None
+                state.limit_requests = _int_header(
+                    headers, "x-ratelimit-limit-requests", state.limit_requests
+                )
+                state.refill()
 
     def _on_error(self, state: BackendState, probe: bool, exc: BaseException, started: float) -> Attempt:
         now = self._clock()
@@ -497,6 +509,14 @@ def _rewrite_deployment(raw_path: bytes, deployments: Mapping[str, str]) -> byte
     if target is None:
         return raw_path
     return prefix + target.encode() + rest[end:]
+
+
+def _int_header(headers: Any, name: str, default: int | None) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return default
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 12 else default
 
 
 def _rewrite_model(content: bytes, deployments: Mapping[str, str]) -> bytes | None:

@@ -31,6 +31,7 @@ class BackendState:
         "in_flight",
         "index",
         "latencies",
+        "limit_requests",
         "probing",
         "remaining_requests",
         "remaining_seq",
@@ -60,11 +61,19 @@ class BackendState:
         self.remaining_requests: int | None = None
         self.remaining_tokens: int | None = None
         self.remaining_seq = 0
+        #: Last x-ratelimit-limit-requests seen: the budget a fresh window brings (None: unknown).
+        self.limit_requests: int | None = None
         self.requests = 0
         self.successes = 0
         self.throttled = 0
         self.failed = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def refill(self) -> None:
+        """A rate-limit window has ended: assume its full budget, or let one request find out."""
+        self.remaining_requests = self.limit_requests if self.limit_requests is not None else 0
+        self.remaining_tokens = None
+        self.remaining_seq = self.sent
 
     def breaker(self, now: float) -> BreakerState:
         if self.failures == 0:

@@ -1,0 +1,443 @@
+"""Side by side: a standard Azure OpenAI client against the same client behind the load balancer.
+
+With no arguments, three simulated Azure OpenAI instances start on loopback ports (priorities 1, 2, 2,
+four requests a second each) and the same workload goes through both clients. The standard client
+talks to the first instance only, as an application without a balancer would.
+
+    python aoai.py                         # the demo, on simulated backends
+    python aoai.py --json                  # the same, as one JSON object
+    python aoai.py --mode async --stream   # AsyncAzureOpenAI, streamed completions
+    python aoai.py --config azure.toml     # real Azure OpenAI endpoints (see README)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+DEFAULT_API_VERSION = "2024-10-21"
+
+
+class ConfigError(Exception):
+    """A problem with the command line or the config file: reported in one line, exit code 2."""
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    priority: int
+    api_key: str | None = None
+
+
+@dataclass
+class Setup:
+    targets: list[Target]
+    deployment: str
+    api_version: str
+    token_provider: Callable[[], str] | None = None
+    simulated: Any = None  # the running Simulator, when the backends are simulated
+
+
+@dataclass
+class Result:
+    ok: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    per_backend: dict[str, int] = field(default_factory=dict)
+    backend_429s: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        return {
+            "ok": self.ok,
+            "failed": dict(self.failed),
+            "wall_s": round(self.wall_s, 3),
+            "p50_ms": round(_percentile(lat, 0.50) * 1000, 1) if lat else None,
+            "p95_ms": round(_percentile(lat, 0.95) * 1000, 1) if lat else None,
+            "per_backend": self.per_backend,
+            "backend_429s": self.backend_429s,
+        }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return values[max(0, min(len(values) - 1, round(q * len(values)) - 1))]
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Compare a standard Azure OpenAI client with the load-balanced one.",
+        epilog="With neither --backend nor --config, three simulated instances start (no account needed).",
+    )
+    parser.add_argument("-n", "--requests", type=int, default=48, help="requests per client (default 48)")
+    parser.add_argument("-c", "--concurrency", type=int, default=12, help="requests in flight (default 12)")
+    parser.add_argument("--mode", choices=("sync", "async"), default="sync", help="SDK client kind")
+    parser.add_argument("--stream", action="store_true", help="stream the completions")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="URL:PRIORITY",
+        help="a real backend, e.g. https://oai-eastus.openai.azure.com:1 (repeatable; key from"
+        " AZURE_OPENAI_API_KEY or Entra ID)",
+    )
+    parser.add_argument(
+        "--config", type=Path, help="JSON or TOML file naming backends, deployment, credentials"
+    )
+    parser.add_argument("--deployment", default=None, help="deployment (model) name (default gpt-4o)")
+    parser.add_argument("--api-version", default=None, help=f"API version (default {DEFAULT_API_VERSION})")
+    parser.add_argument(
+        "--rpw", type=int, default=4, help="simulated: requests per window per instance (default 4)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.concurrency < 1 or args.rpw < 1:
+        raise ConfigError("--requests, --concurrency and --rpw must be at least 1")
+    if args.backend and args.config:
+        raise ConfigError("use --backend or --config, not both")
+    return args
+
+
+def load_setup(args: argparse.Namespace, stack: contextlib.ExitStack) -> Setup:
+    deployment = args.deployment or "gpt-4o"
+    api_version = args.api_version or DEFAULT_API_VERSION
+    if args.config:
+        return _from_config(args.config, args)
+    if args.backend:
+        targets = [_parse_backend_arg(text) for text in args.backend]
+        key = os.environ.get("AZURE_OPENAI_API_KEY")
+        for t in targets:
+            t.api_key = key
+        return Setup(targets, deployment, api_version, None if key else _entra_token_provider())
+
+    from openai_priority_loadbalancer.simulator import InstanceConfig, Simulator
+
+    names = [("eastus", 1), ("southcentralus", 2), ("westus", 2)]
+    sim = stack.enter_context(
+        Simulator(
+            [
+                InstanceConfig(
+                    name,
+                    requests_per_window=args.rpw,
+                    window_s=1.0,
+                    latency_s=0.05,
+                    stream_chunk_delay_s=0.01,
+                )
+                for name, _ in names
+            ]
+        )
+    )
+    targets = [Target(name, sim.url(name), priority, api_key="simulated-key") for name, priority in names]
+    return Setup(targets, deployment, api_version, simulated=sim)
+
+
+def _parse_backend_arg(text: str) -> Target:
+    url, sep, priority = text.rpartition(":")
+    if not sep or not priority.isdigit() or not url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"--backend {text!r}: expected URL:PRIORITY, e.g. https://oai-eastus.openai.azure.com:1"
+        )
+    return Target(url.split("//", 1)[1].split("/", 1)[0], url, int(priority))
+
+
+def _from_config(path: Path, args: argparse.Namespace) -> Setup:
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".toml":
+            import tomllib  # Python >= 3.11
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except ImportError:
+        raise ConfigError("TOML config files need Python >= 3.11; use JSON") from None
+    except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError both are
+        raise ConfigError(
+            f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("backends"), list) or not data["backends"]:
+        raise ConfigError(f"{path}: expected a 'backends' list (each with 'url' and 'priority')")
+    targets = []
+    for i, item in enumerate(data["backends"]):
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            raise ConfigError(f"{path}: backends[{i}] needs a 'url'")
+        priority = item.get("priority", 1)
+        if not isinstance(priority, int) or priority < 1:
+            raise ConfigError(f"{path}: backends[{i}].priority must be an integer >= 1")
+        key = item.get("api_key")
+        if "api_key_env" in item:
+            key = os.environ.get(str(item["api_key_env"]))
+            if not key:
+                raise ConfigError(
+                    f"{path}: backends[{i}]: environment variable {item['api_key_env']} is not set"
+                )
+        name = item.get("name") or item["url"].split("//", 1)[-1].split("/", 1)[0]
+        targets.append(Target(str(name), item["url"], priority, key))
+    deployment = args.deployment or data.get("deployment")
+    if not isinstance(deployment, str) or not deployment:
+        raise ConfigError(f"{path}: 'deployment' (the deployment name) is required")
+    api_version = args.api_version or data.get("api_version") or DEFAULT_API_VERSION
+    needs_token = any(t.api_key is None for t in targets)
+    return Setup(targets, deployment, str(api_version), _entra_token_provider() if needs_token else None)
+
+
+def _entra_token_provider() -> Callable[[], str]:
+    try:
+        from azure.identity import DefaultAzureCredential, get_bearer_token_provider
+    except ImportError:
+        raise ConfigError(
+            "no API key given and azure-identity is not installed: set AZURE_OPENAI_API_KEY, give api_key per"
+            ' backend, or pip install "openai-priority-loadbalancer[azure]" for Entra ID'
+        ) from None
+    provider: Callable[[], str] = get_bearer_token_provider(
+        DefaultAzureCredential(), "https://cognitiveservices.azure.com/.default"
+    )
+    return provider
+
+
+# ---------------------------------------------------------------------- the two clients
+
+
+def make_backends(setup: Setup) -> list[Any]:
+    from openai_priority_loadbalancer import Backend
+
+    return [Backend(t.url, t.priority, api_key=t.api_key) for t in setup.targets]
+
+
+def make_client(setup: Setup, mode: str, balancer: Any | None) -> Any:
+    import openai
+
+    first = setup.targets[0]
+    auth: dict[str, Any] = (
+        {"api_key": first.api_key or "set-per-backend"}
+        if setup.token_provider is None or first.api_key
+        else {"azure_ad_token_provider": setup.token_provider}
+    )
+    if mode == "sync":
+        http = openai.DefaultHttpxClient(transport=balancer) if balancer else None
+        return openai.AzureOpenAI(
+            azure_endpoint=first.url, api_version=setup.api_version, http_client=http, **auth
+        )
+    ahttp = openai.DefaultAsyncHttpxClient(transport=balancer) if balancer else None
+    return openai.AsyncAzureOpenAI(
+        azure_endpoint=first.url, api_version=setup.api_version, http_client=ahttp, **auth
+    )
+
+
+class Progress:
+    """A one-line progress bar on stderr (only when it is a terminal)."""
+
+    def __init__(self, label: str, total: int, enabled: bool) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.enabled = enabled and sys.stderr.isatty()
+        self._lock = threading.Lock()
+
+    def step(self) -> None:
+        with self._lock:
+            self.done += 1
+            if self.enabled:
+                filled = int(30 * self.done / self.total)
+                sys.stderr.write(
+                    f"\r{self.label:<14} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
+                )
+                if self.done == self.total:
+                    sys.stderr.write("\n")
+                sys.stderr.flush()
+
+
+def _messages(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Request {i}: say hello."}]
+
+
+def run_sync(client: Any, setup: Setup, n: int, concurrency: int, stream: bool, progress: Progress) -> Result:
+    result = Result()
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        started = time.perf_counter()
+        try:
+            if stream:
+                for _ in client.chat.completions.create(
+                    model=setup.deployment, messages=_messages(i), stream=True
+                ):
+                    pass
+            else:
+                client.chat.completions.create(model=setup.deployment, messages=_messages(i))
+        except Exception as exc:  # every failure is counted by type, which is what the demo shows
+            with lock:
+                result.failed[type(exc).__name__] += 1
+        else:
+            with lock:
+                result.ok += 1
+                result.latencies.append(time.perf_counter() - started)
+        progress.step()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(one, range(n)))
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+async def run_async(
+    client: Any, setup: Setup, n: int, concurrency: int, stream: bool, progress: Progress
+) -> Result:
+    result = Result()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            started = time.perf_counter()
+            try:
+                if stream:
+                    async for _ in await client.chat.completions.create(
+                        model=setup.deployment, messages=_messages(i), stream=True
+                    ):
+                        pass
+                else:
+                    await client.chat.completions.create(model=setup.deployment, messages=_messages(i))
+            except Exception as exc:  # counted by type
+                result.failed[type(exc).__name__] += 1
+            else:
+                result.ok += 1
+                result.latencies.append(time.perf_counter() - started)
+            progress.step()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def run_side(setup: Setup, args: argparse.Namespace, balanced: bool) -> tuple[Result, Any]:
+    from openai_priority_loadbalancer import AsyncLoadBalancer, LoadBalancer
+
+    sim = setup.simulated
+    if sim is not None:
+        _start_of_window()
+        sim.reset_stats()
+    balancer = None
+    if balanced:
+        backends = make_backends(setup)
+        balancer = LoadBalancer(backends) if args.mode == "sync" else AsyncLoadBalancer(backends)
+    client = make_client(setup, args.mode, balancer)
+    progress = Progress("load-balanced" if balanced else "standard", args.requests, not args.json)
+    if args.mode == "sync":
+        with client:
+            result = run_sync(client, setup, args.requests, args.concurrency, args.stream, progress)
+    else:
+
+        async def go() -> Result:
+            async with client:
+                return await run_async(client, setup, args.requests, args.concurrency, args.stream, progress)
+
+        result = asyncio.run(go())
+    names = {t.url: t.name for t in setup.targets}
+    if balancer is not None:
+        stats = balancer.stats()
+        result.per_backend = {names.get(s.backend, s.backend): s.successes for s in stats}
+        result.backend_429s = sum(s.throttled for s in stats)
+    else:
+        result.per_backend = {t.name: 0 for t in setup.targets}
+        result.per_backend[setup.targets[0].name] = result.ok
+    if sim is not None:
+        result.backend_429s = sum(sim.stats(t.name).throttled for t in setup.targets)
+    return result, balancer
+
+
+def _start_of_window() -> None:
+    """Start a run at a fresh one-second window, so both runs see the same simulated capacity."""
+    time.sleep(1.05)
+
+
+# ---------------------------------------------------------------------- output
+
+
+def render_table(setup: Setup, standard: Result, balanced: Result, args: argparse.Namespace) -> str:
+    s, b = standard.as_dict(), balanced.as_dict()
+
+    def failures(r: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(r["failed"].items())) or "0"
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f} ms"
+
+    rows: list[tuple[str, str, str]] = [
+        ("succeeded", f"{s['ok']}/{args.requests}", f"{b['ok']}/{args.requests}"),
+        ("failed", failures(s), failures(b)),
+        ("wall time", f"{s['wall_s']:.2f} s", f"{b['wall_s']:.2f} s"),
+        ("latency p50", ms(s["p50_ms"]), ms(b["p50_ms"])),
+        ("latency p95", ms(s["p95_ms"]), ms(b["p95_ms"])),
+        (
+            "429s from backends",
+            str(s["backend_429s"] if s["backend_429s"] is not None else "-"),
+            str(b["backend_429s"]),
+        ),
+    ]
+    for t in setup.targets:
+        rows.append(
+            (
+                f"served by {t.name} (p{t.priority})",
+                str(s["per_backend"].get(t.name, 0)),
+                str(b["per_backend"].get(t.name, 0)),
+            )
+        )
+    width = max(len(r[0]) for r in rows)
+    col = max(14, *(len(r[1]) for r in rows), *(len(r[2]) for r in rows))
+    header = f"{'':<{width}}  {'standard':>{col}}  {'load-balanced':>{col}}"
+    lines = [header, "-" * len(header)]
+    lines += [f"{name:<{width}}  {left:>{col}}  {right:>{col}}" for name, left, right in rows]
+    kind = "simulated" if setup.simulated is not None else "configured"
+    mode = f"{args.mode}{', streamed' if args.stream else ''}"
+    title = (
+        f"{args.requests} chat completions, {args.concurrency} at a time ({mode}), "
+        f"over {len(setup.targets)} {kind} backends"
+    )
+    return "\n".join([title, "", *lines])
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        with contextlib.ExitStack() as stack:
+            setup = load_setup(args, stack)
+            standard, _ = run_side(setup, args, balanced=False)
+            balanced, _ = run_side(setup, args, balanced=True)
+            if args.json:
+                print(
+                    json.dumps(
+                        {"standard": standard.as_dict(), "load_balanced": balanced.as_dict()}, indent=2
+                    )
+                )
+            else:
+                print(render_table(setup, standard, balanced, args))
+    except ConfigError as exc:
+        print(f"aoai.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
