@@ -6,6 +6,7 @@ import asyncio
 import base64
 import itertools
 import json
+import logging
 import math
 import os
 import socket
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from ._config import InstanceConfig
 
 __all__ = ["InstanceRuntime", "format_duration"]
+
+logger = logging.getLogger("openai-priority-loadbalancer.simulator")
 
 DEFAULT_MAX_TOKENS = 16
 DEFAULT_DIMENSIONS = 8
@@ -142,12 +145,17 @@ class InstanceRuntime:
         self.port = 0
         self.recorder = StatsRecorder(config.name)
         self.connections: set[Connection] = set()
+        self._sock: socket.socket | None = None  # bound; listening unless the instance refuses
         self._accepting = False
-        self._sock: socket.socket | None = None  # bound, owned by us until a server takes it
-        self._server: asyncio.Server | None = None
+        self._attaching: set[asyncio.Task[None]] = set()
+        self._unattached: set[socket.socket] = set()
         self._sequence = itertools.count(1)
 
     # -- sockets ---------------------------------------------------------------------------
+    # Connections are accepted by a reader callback rather than `loop.create_server`, so that
+    # closing never races an accept in progress (which leaks a transport, or trips an
+    # assertion in some Python versions), and a refusing port stays bound without listening.
+
     def bind(self) -> None:
         """Bind the port (from the caller's thread, so errors surface there); listen unless refusing."""
         self._sock = _bind(self.host, self.config.port or self.port)
@@ -156,40 +164,68 @@ class InstanceRuntime:
             self._sock.listen(socket.SOMAXCONN)
 
     def release(self) -> None:
-        """Close the bound socket that no server has taken yet."""
+        """Close the bound socket."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
     async def open(self) -> None:
         """Start accepting connections, unless the instance refuses them."""
-        if self.config.failure == "refuse" or self._server is not None:
+        if self.config.failure == "refuse" or self._accepting:
             return
         if self._sock is None:
             self.bind()
-        sock, self._sock = self._sock, None
-        assert sock is not None
+        assert self._sock is not None
+        self._sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)
         self._accepting = True
+
+    def _accept(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: Connection(self.handle, self.connections, lambda: not self._accepting), sock=sock
-        )
+        for _ in range(64):
+            if self._sock is None:
+                return
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of file descriptors: leave the rest in the backlog
+                logger.warning("simulator instance %s could not accept a connection", self.config.name)
+                return
+            self._unattached.add(conn)
+            task = loop.create_task(self._attach(conn))
+            self._attaching.add(task)
+            task.add_done_callback(self._attaching.discard)
+
+    async def _attach(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: Connection(self.handle, self.connections, lambda: not self._accepting), conn
+            )
+        except OSError:
+            conn.close()
+        finally:
+            self._unattached.discard(conn)
 
     async def close(self) -> None:
         """Stop accepting, drop every connection (hung requests included) and release the port."""
+        if self._accepting and self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
         self._accepting = False
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        self.release()
+        attaching = list(self._attaching)
+        for task in attaching:
+            task.cancel()
+        await asyncio.gather(*attaching, return_exceptions=True)
+        for conn in list(self._unattached):  # accepted, but the task was cancelled before it ran
+            conn.close()
+        self._unattached.clear()
         for connection in list(self.connections):
             connection.abort()
-        self.release()
         for _ in range(100):  # let the aborted transports report connection_lost
             if not self.connections:
                 break
             await asyncio.sleep(0)
-        if server is not None:
-            await server.wait_closed()
 
     async def apply(self, config: InstanceConfig) -> None:
         """Switch to a new configuration (same name and port)."""

@@ -191,7 +191,20 @@ class Simulator:
         await asyncio.to_thread(self.stop)
 
     def _run(self) -> None:
-        asyncio.run(self._main())
+        # A selector loop everywhere: the instances accept connections with add_reader().
+        loop = asyncio.SelectorEventLoop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._main())
+            remaining = asyncio.all_tasks(loop)
+            for task in remaining:
+                task.cancel()
+            if remaining:
+                loop.run_until_complete(asyncio.gather(*remaining, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
