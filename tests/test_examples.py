@@ -1,0 +1,66 @@
+"""The examples and the notebook run as a user would run them, against the simulator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.mark.parametrize("script", ["sync_example.py", "async_example.py"])
+def test_example_script_runs(script: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "served" in done.stdout
+
+
+def test_notebook_runs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    notebook = nbformat.read(EXAMPLES / "notebook.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        notebook, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+
+
+def test_demo_json_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "aoai.py"), "--json", "-n", "24", "-c", "6"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for side in ("standard", "load_balanced"):
+        assert {"ok", "failed", "wall_s", "per_backend"} <= result[side].keys()
+    assert result["load_balanced"]["ok"] == 24
+    assert sum(result["load_balanced"]["per_backend"].values()) == 24
+
+
+def test_demo_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"backends": []}')
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "aoai.py"), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "error" in done.stderr
+    assert "Traceback" not in done.stderr
