@@ -41,6 +41,7 @@ class InstanceConfig:
             ``max_completion_tokens``; 16 when neither is given), counted when it is admitted,
             as Azure does.
         latency_s: Delay before answering (non-streamed) or before the first chunk (streamed).
+            Only admitted requests wait; errors and 429s are answered at once.
         stream_chunks: Number of ``chat.completion.chunk`` events in a streamed answer.
         stream_chunk_delay_s: Delay between two chunks of a streamed answer.
         failure: ``None`` (healthy), ``"500"`` or ``"503"`` (every request gets that status),
