@@ -11,7 +11,7 @@ import openai
 import pytest
 from _e2e_support import API_VERSION, CALLER_KEY, INSTANCE_HEADER, MESSAGES, MODEL, MakeApi
 
-from openai_priority_loadbalancer import Backend, LoadBalancer
+from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer
 from openai_priority_loadbalancer.simulator import FailureMode, HeaderStyle, InstanceConfig, Simulator
 
 pytestmark = pytest.mark.e2e
@@ -245,3 +245,20 @@ async def test_each_backend_gets_its_own_api_key(make_api: MakeApi) -> None:
         # Each instance answers 401 to any other key: the caller's, or the other backend's.
         assert sim.stats("a").unauthorized == sim.stats("b").unauthorized == 0
         assert sim.stats("a").served + sim.stats("b").served == 10
+
+
+async def test_default_async_httpx_client_of_the_sdk() -> None:
+    with Simulator([InstanceConfig("a"), InstanceConfig("b")]) as sim:
+        lb = AsyncLoadBalancer(backends(sim, ("a", 1), ("b", 2)))
+        async with openai.AsyncAzureOpenAI(
+            azure_endpoint=sim.url("b"),
+            api_key=CALLER_KEY,
+            api_version=API_VERSION,
+            http_client=openai.DefaultAsyncHttpxClient(transport=lb),
+            max_retries=0,
+        ) as client:
+            raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+            assert raw.parse().choices[0].message.content
+            assert raw.headers[INSTANCE_HEADER] == "a"
+        assert sim.stats("a").served == 1
+        assert sim.stats("b").received == 0
