@@ -42,11 +42,11 @@ if TYPE_CHECKING:
         async def aclose(self) -> None: ...
 
 else:
+    # Without either library the package still imports (the simulator needs neither); building a
+    # balancer then says what is missing.
     _MODULES = available_modules(imported_only=False)
-    if not _MODULES:  # pragma: no cover - the package is unusable without one of them
-        raise ImportError("openai-priority-loadbalancer needs httpx or httpx2: pip install httpx (or httpx2)")
-    _SyncTransport = type("_SyncTransport", tuple(m.BaseTransport for m in _MODULES), {})
-    _AsyncTransport = type("_AsyncTransport", tuple(m.AsyncBaseTransport for m in _MODULES), {})
+    _SyncTransport = type("_SyncTransport", tuple(m.BaseTransport for m in _MODULES) or (object,), {})
+    _AsyncTransport = type("_AsyncTransport", tuple(m.AsyncBaseTransport for m in _MODULES) or (object,), {})
 
 
 def _connection_limits(lib: HttpLib) -> Any:
@@ -60,6 +60,8 @@ class _Wrapping(BaseLoadBalancer):
     _factory: ClassVar[str]  # the library's transport class to build: "HTTPTransport" / "AsyncHTTPTransport"
 
     def __init__(self, backends: Iterable[Backend], *, transport: Any = None, **options: Any) -> None:
+        if not available_modules(imported_only=True):  # pragma: no cover - checked in a bare venv by hand
+            raise ImportError("openai-priority-loadbalancer needs httpx or httpx2: pip install httpx")
         super().__init__(backends, **options)
         self._transport = transport
         self._inners: dict[str, Any] = {}
@@ -95,25 +97,6 @@ class LoadBalancer(_Wrapping, _SyncTransport):
     """
 
     _factory = "HTTPTransport"
-
-    def __init__(self, backends: Iterable[Backend], *, transport: Any = None, **options: Any) -> None:
-        super().__init__(backends, **options)
-        self._transport = transport
-        self._inners: dict[str, Any] = {}
-        if transport is None:  # build now: creating an SSL context takes tens of milliseconds
-            for module in available_modules(imported_only=True):
-                self._inner(lib_for_module(module))
-
-    def _inner(self, lib: HttpLib) -> Any:
-        if self._transport is not None:
-            return self._transport
-        inner = self._inners.get(lib.name)
-        if inner is None:
-            with self._lock:
-                inner = self._inners.get(lib.name)
-                if inner is None:
-                    inner = self._inners[lib.name] = lib.module.HTTPTransport(limits=_connection_limits(lib))
-        return inner
 
     def handle_request(self, request: Request) -> Response:  # type: ignore[override]
         """Send ``request`` to the best available backend; see the package documentation."""
@@ -160,27 +143,6 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
     """
 
     _factory = "AsyncHTTPTransport"
-
-    def __init__(self, backends: Iterable[Backend], *, transport: Any = None, **options: Any) -> None:
-        super().__init__(backends, **options)
-        self._transport = transport
-        self._inners: dict[str, Any] = {}
-        if transport is None:
-            for module in available_modules(imported_only=True):
-                self._inner(lib_for_module(module))
-
-    def _inner(self, lib: HttpLib) -> Any:
-        if self._transport is not None:
-            return self._transport
-        inner = self._inners.get(lib.name)
-        if inner is None:
-            with self._lock:
-                inner = self._inners.get(lib.name)
-                if inner is None:
-                    inner = self._inners[lib.name] = lib.module.AsyncHTTPTransport(
-                        limits=_connection_limits(lib)
-                    )
-        return inner
 
     async def handle_async_request(self, request: Request) -> Response:  # type: ignore[override]
         """Send ``request`` to the best available backend; see the package documentation."""

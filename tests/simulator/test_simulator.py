@@ -590,7 +590,6 @@ def test_simulator_needs_only_the_standard_library():
     assert result.stdout.strip() == "ok"
 
 
-@pytest.mark.xfail(reason="the package's own __init__ imports the balancer, which needs httpx or httpx2")
 def test_package_path_imports_without_httpx():
     code = textwrap.dedent(
         """
