@@ -24,6 +24,7 @@ TokenProvider = Callable[[], "str | Awaitable[str]"]
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?$")
 _IPV6 = re.compile(r"^[0-9A-Fa-f:.]+$")
 _DEPLOYMENT = re.compile(r"^[^/?#\s]+$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,4 +170,6 @@ def _parse_host(host: str) -> tuple[str | None, str, int | None, str]:
         raise ValueError(f"Backend.host has an invalid host name: {host!r}")
     if port is not None and port == 0:
         raise ValueError(f"Backend.host: port must be 1-65535, got {host!r}")
+    if has_scheme and port == _DEFAULT_PORTS[parts.scheme]:
+        port = None  # https://host:443 is https://host: one endpoint, one identity
     return (parts.scheme or None), hostname, port, parts.path
