@@ -198,6 +198,39 @@ def test_streaming_through_the_sdk() -> None:
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello"
 
 
+def test_the_1_1_1_demo_with_per_backend_keys_and_a_token_provider() -> None:
+    """1.1.1's aoai.py: ``Backend(host, 1, None, key)``; the client authenticates with Entra ID."""
+    backends = [
+        Backend("oai-eastus-xxxxxxxx.openai.azure.com", 1, None, "east-key"),
+        Backend("oai-westus-xxxxxxxx.openai.azure.com", 1),
+    ]
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=COMPLETION)
+
+    client = openai.AzureOpenAI(
+        azure_endpoint=f"https://{backends[0].host}",
+        azure_ad_token_provider=lambda: "entra-token",
+        api_version="2024-04-01-preview",
+        http_client=httpx.Client(transport=LoadBalancer(backends, transport=httpx.MockTransport(handler))),
+    )
+    for _ in range(100):
+        ask(client)
+        if {r.url.host for r in seen} == {b.host for b in backends}:
+            break
+    for request in seen:
+        if request.url.host == backends[0].host:
+            assert request.headers.get_list("api-key") == ["east-key"]
+            assert "authorization" not in request.headers
+        else:
+            assert request.headers["authorization"] == "Bearer entra-token"
+            assert "api-key" not in request.headers
+        assert request.url.path == "/openai/deployments/gpt-4o/chat/completions"
+    assert {r.url.host for r in seen} == {b.host for b in backends}
+
+
 # ---------------------------------------------------------------------- the 1.1.1 surface
 
 
