@@ -6,8 +6,10 @@ SDK. When every backend is throttled the caller gets one 429 whose ``Retry-After
 moment any backend frees up.
 
 Errors: configuration mistakes raise ``TypeError`` / ``ValueError`` when backends and balancers are
-built. At request time the balancer raises nothing of its own: the inner transport's errors
-(``httpx.ReadTimeout``, ...) reach the caller unchanged when no other backend can be tried.
+built. At request time the balancer raises nothing of its own. Connection errors fail over to the next
+backend, and when none is left the caller gets the balancer's 429; a read or write timeout (the backend
+may have acted on the request) reaches the caller unchanged, as does any other error of the inner
+transport.
 """
 
 from __future__ import annotations

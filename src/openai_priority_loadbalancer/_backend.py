@@ -83,6 +83,9 @@ class Backend:
             _check_type("path", self.path, str)
         if self.api_key is not None:
             _check_type("api_key", self.api_key, str)
+            if not (self.api_key.isascii() and self.api_key.isprintable()):
+                # The message never repeats the key.
+                raise ValueError("Backend.api_key must be printable ASCII (it is sent as a header value)")
         if isinstance(self.weight, bool) or not isinstance(self.weight, int | float):
             raise TypeError(f"Backend.weight must be a number, got {type(self.weight).__name__}")
         if not (math.isfinite(self.weight) and self.weight > 0):
@@ -139,6 +142,8 @@ def _check_type(name: str, value: object, expected: type) -> None:
 
 
 def _normalise_path(name: str, path: str) -> str:
+    if not path.isascii():
+        raise ValueError(f"Backend.{name}: a path prefix must be ASCII (percent-encode it), got {path!r}")
     if any(c in path for c in "?#") or any(c.isspace() for c in path):
         raise ValueError(f"Backend.{name}: a path prefix must not contain '?', '#' or spaces, got {path!r}")
     path = path.strip("/")

@@ -196,7 +196,11 @@ class BaseLoadBalancer:
                 except BaseException:
                     self._release(state, probe)
                     raise
-            attempt = self._attempt_request(lib, request, backend, token)
+            try:
+                attempt = self._attempt_request(lib, request, backend, token)
+            except BaseException:
+                self._release(state, probe)
+                raise
             logger.debug(
                 "attempt backend=%s priority=%d method=%s path=%s",
                 backend.id,
@@ -296,7 +300,7 @@ class BaseLoadBalancer:
         )
 
     def _backend_url(self, url: Any, backend: Backend) -> Any:
-        key = (id(backend), url.scheme, url.raw_host, url.port, url.raw_path)
+        key = (type(url), id(backend), url.scheme, url.raw_host, url.port, url.raw_path)
         cached = self._url_cache.get(key)
         if cached is not None:
             return cached
@@ -361,6 +365,9 @@ class BaseLoadBalancer:
                 state.failures = 0
             if "x-ratelimit-remaining-requests" in headers or "x-ratelimit-remaining-tokens" in headers:
                 self._note_budget(state, seq, headers, now)
+            elif status < 400:
+                # It took a request and says nothing of its budget: no belief that it is spent survives.
+                state.remaining_requests = state.remaining_tokens = None
             return True
 
     def _note_budget(self, state: BackendState, seq: int, headers: Any, now: float) -> None:
@@ -448,7 +455,8 @@ class BaseLoadBalancer:
         """The 429 returned when no backend can take the request now, naming the soonest moment one can."""
         with self._lock:
             soonest = min(s.cooling_until for s in self._states)
-        wait_s = max(soonest - now, _MIN_RETRY_AFTER_S)
+        # Rounded to the microsecond first, so float noise (3.2000000001 s) is not rounded up a whole unit.
+        wait_s = round(max(soonest - now, _MIN_RETRY_AFTER_S), 6)
         logger.warning("all backends unavailable backends=%d retry_after_s=%.3f", len(self._states), wait_s)
         body = {
             "error": {
@@ -464,7 +472,7 @@ class BaseLoadBalancer:
             headers={
                 "content-type": "application/json",
                 "retry-after": str(math.ceil(wait_s)),
-                "retry-after-ms": str(math.ceil(wait_s * 1000)),
+                "retry-after-ms": str(math.ceil(round(wait_s * 1000, 3))),
                 "x-should-retry": "true",
             },
             content=json.dumps(body).encode(),

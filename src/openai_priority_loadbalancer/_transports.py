@@ -121,6 +121,7 @@ class LoadBalancer(_Wrapping, _SyncTransport):
                         if inspect.isawaitable(result):
                             getattr(result, "close", lambda: None)()
                             raise TypeError("an async azure_ad_token_provider needs AsyncLoadBalancer")
+                        _check_token(result)
                 except BaseException as exc:
                     action, value = flow.throw(exc)
                 else:
@@ -166,6 +167,7 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
                         result = value()
                         if inspect.isawaitable(result):
                             result = await result
+                        _check_token(result)
                 except BaseException as exc:
                     action, value = flow.throw(exc)
                 else:
@@ -177,6 +179,12 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
         """Close the inner transport(s)."""
         for inner in self._inner_transports():
             await inner.aclose()
+
+
+def _check_token(token: object) -> None:
+    if not isinstance(token, str) or not token:
+        # Never fall back to the caller's credentials; the message names no token.
+        raise TypeError(f"azure_ad_token_provider must return a non-empty str, got {type(token).__name__}")
 
 
 async def _async_sleep(seconds: float) -> None:

@@ -842,11 +842,6 @@ def test_all_throttled_gives_one_429_naming_the_soonest(
     assert all(s.in_flight == 0 for s in lb.stats())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _base._synthesize_429 rounds float noise up: a 3.2 s cooldown read at a clock of "
-    "1000.0 gives retry-after-ms 3201",
-)
 def test_synthesized_429_has_exact_milliseconds(make_lb: MakeLb, router: Any, client_for: Any) -> None:
     router.script(A, (429, {"retry-after": "7"}))
     router.script(B, (429, {"retry-after-ms": "3200"}))
@@ -1079,11 +1074,6 @@ def test_budget_headers_on_the_probe_restore_concurrency(
     assert result[0].status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: after one 429 (no x-ratelimit-limit-requests) a backend whose successes carry no "
-    "budget headers is believed spent forever: it takes one request at a time from then on",
-)
 def test_lone_backend_serves_concurrently_again_after_a_429(
     make_lb: MakeLb, router: Any, client_for: Any, clock: Any, lib: Any
 ) -> None:
@@ -1156,12 +1146,6 @@ def test_failing_token_provider_is_raised_and_not_counted(
     assert (stats.in_flight, stats.failures, stats.cooling_down_for_s) == (0, 0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _base._flow counts the attempt in flight in _choose, then builds it "
-    "(_attempt_request) outside the try that releases it; an error there (here a token that is not "
-    "ASCII) leaves in_flight at 1 for good (and a probe's 'probing' flag set)",
-)
 def test_error_while_building_the_attempt_does_not_leak_in_flight(
     make_lb: MakeLb, router: Any, client_for: Any
 ) -> None:
@@ -1241,11 +1225,6 @@ def test_secrets_never_appear(
 # ---------------------------------------------------------------------- mixing libraries
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _base._backend_url caches rewritten URLs without the library in the key, so the second "
-    "library to ask for a URL gets the other library's URL object (httpx2.Request rejects an httpx.URL)",
-)
 @needs_httpx2
 def test_one_balancer_serves_httpx_and_httpx2_clients(fake_inners: list[_FakeInner]) -> None:
     lb = LoadBalancer([Backend(A, 1)])
