@@ -18,6 +18,19 @@ import logging
 
 from ._backend import Backend, TokenProvider
 from ._base import EXTENSION, Attempt, BackendStats, BaseLoadBalancer, Routing
+from ._events import (
+    AbandonedEvent,
+    AttemptEvent,
+    Event,
+    EventCallback,
+    ExhaustedEvent,
+    FailedEvent,
+    RecoveredEvent,
+    ServedEvent,
+    ThrottledEvent,
+    WaitedEvent,
+)
+from ._store import MemoryStateStore, SharedState, StateStore, shared_key
 from ._transports import AsyncLoadBalancer, LoadBalancer
 from ._version import __version__
 
@@ -31,6 +44,20 @@ __all__ = [
     "Attempt",
     "EXTENSION",
     "TokenProvider",
+    "Event",
+    "EventCallback",
+    "AttemptEvent",
+    "ServedEvent",
+    "ThrottledEvent",
+    "FailedEvent",
+    "AbandonedEvent",
+    "RecoveredEvent",
+    "WaitedEvent",
+    "ExhaustedEvent",
+    "StateStore",
+    "SharedState",
+    "MemoryStateStore",
+    "shared_key",
     "__version__",
 ]
 

@@ -15,15 +15,29 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ._backend import Backend
 from ._cooldown import DEFAULT_MAX_COOLDOWN_S, read_rate_limit
+from ._events import (
+    AbandonedEvent,
+    AttemptEvent,
+    Event,
+    EventCallback,
+    ExhaustedEvent,
+    FailedEvent,
+    RecoveredEvent,
+    ServedEvent,
+    ThrottledEvent,
+    WaitedEvent,
+)
 from ._state import BackendState, BreakerState
+from ._store import Reason, SharedState, StateStore, shared_key
 
 if TYPE_CHECKING:
     from ._http import HttpLib, Request, Response
@@ -40,8 +54,12 @@ SEND: Final = 0  # value: the attempt's request; the loop sends back the respons
 SLEEP: Final = 1  # value: seconds
 CLOSE: Final = 2  # value: a response the flow discards
 TOKEN: Final = 3  # value: a token provider; the loop sends back the token (awaiting it if needed)
+SHARE: Final = 4  # value: a Share for the state store; the loop sends back its result (None if it failed)
 
 Action = tuple[int, Any]
+#: A call on the state store: method name ("load", "set_aside", "clear_failure") and its arguments.
+#: The async loop calls the method's "a"-prefixed form.
+Share = tuple[str, tuple[Any, ...]]
 
 _RETRY_STATUSES: Final = frozenset({500, 502, 503, 504})
 # The soonest Retry-After the synthesized 429 names: a floor that keeps a caller from spinning when a
@@ -52,6 +70,7 @@ _URL_CACHE_SIZE: Final = 512
 _PROBE_POLL_S: Final = 0.02
 # The shortest wait: a backend tried by this request and free again "now" is not hammered in a loop.
 _MIN_WAIT_S: Final = 0.01
+_TOKEN_CHARS: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +128,12 @@ class BaseLoadBalancer:
         max_wait_s: when every backend is set aside, a request waits up to this long (and never
             beyond its own read timeout) for one to free up, instead of returning a 429 at once.
             0 returns the 429 at once.
+        on_event: called with every :data:`~openai_priority_loadbalancer.Event` (attempt,
+            served, throttled, failed, ...); what it raises is logged and ignored.
+        state: a :class:`~openai_priority_loadbalancer.StateStore` to share cooldowns and open
+            breakers with other balancers (other processes, other machines); default: none.
+        backend_header: name of a response header to set to the id of the backend that served the
+            response (off by default).
 
     Raises:
         TypeError: ``backends`` is not a list of :class:`Backend`.
@@ -128,6 +153,9 @@ class BaseLoadBalancer:
         failure_backoff_s: float = 1.0,
         failure_backoff_max_s: float = 60.0,
         max_wait_s: float = 30.0,
+        on_event: EventCallback | None = None,
+        state: StateStore | None = None,
+        backend_header: str | None = None,
     ) -> None:
         self.backends = _validated(backends)
         for name, value in (
@@ -141,6 +169,17 @@ class BaseLoadBalancer:
                 raise TypeError(f"{name} must be a number, got {type(value).__name__}")
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event must be callable, got {type(on_event).__name__}")
+        if state is not None and not isinstance(state, StateStore):
+            raise TypeError(f"state must be a StateStore, got {type(state).__name__}")
+        if backend_header is not None and (
+            not isinstance(backend_header, str) or not _TOKEN_CHARS.fullmatch(backend_header)
+        ):
+            raise ValueError(f"backend_header must be a header name, got {backend_header!r}")
+        self._on_event = on_event
+        self._store = state
+        self._backend_header = backend_header
         self._clock = clock
         self._wall_clock = wall_clock
         self._default_cooldown_s = float(default_cooldown_s)
@@ -149,6 +188,7 @@ class BaseLoadBalancer:
         self._backoff_max_s = float(failure_backoff_max_s)
         self._max_wait_s = float(max_wait_s)
         self._states = [BackendState(backend, i) for i, backend in enumerate(self.backends)]
+        self._shared_keys = [shared_key(b) for b in self.backends]
         priorities = sorted({b.priority for b in self.backends})
         self._tiers = [[s for s in self._states if s.backend.priority == p] for p in priorities]
         self._lock = threading.Lock()
@@ -174,7 +214,11 @@ class BaseLoadBalancer:
         attempts: list[Attempt] = []
         tried: set[int] = set()  # backends this request tried since it last waited
         deadline: float | None = None  # set when the request first finds no backend
+        emit = self._on_event
+        store = self._store
         while True:
+            if store is not None:
+                self._merge_shared((yield (SHARE, ("load", (self._shared_keys,)))))
             now = self._clock()
             state, probe, seq = self._choose(now, tried)
             if state is None:
@@ -185,21 +229,25 @@ class BaseLoadBalancer:
                     return self._synthesize_429(lib, request, now, attempts)
                 logger.debug("waiting for a backend wait_s=%.3f", delay)
                 yield (SLEEP, delay)
+                if emit is not None:
+                    self._emit(WaitedEvent(self._wall_clock(), self._clock() - now))
                 tried.clear()
                 continue
             tried.add(state.index)
             backend = state.backend
+            if emit is not None:
+                self._emit(AttemptEvent(self._wall_clock(), backend.id, backend.priority, probe))
             token: str | None = None
             if backend.azure_ad_token_provider is not None:
                 try:
                     token = yield (TOKEN, backend.azure_ad_token_provider)
                 except BaseException:
-                    self._release(state, probe)
+                    self._release(state, probe, now)
                     raise
             try:
                 attempt = self._attempt_request(lib, request, backend, token)
             except BaseException:
-                self._release(state, probe)
+                self._release(state, probe, now)
                 raise
             logger.debug(
                 "attempt backend=%s priority=%d method=%s path=%s",
@@ -211,20 +259,67 @@ class BaseLoadBalancer:
             try:
                 response: Response = yield (SEND, attempt)
             except lib.failover_errors as exc:
-                attempts.append(self._on_error(state, probe, exc, now))
+                record, share = self._on_error(state, probe, exc, now)
+                attempts.append(record)
+                if share is not None:
+                    yield (SHARE, share)
                 continue
             except lib.silent_errors as exc:
-                self._on_error(state, probe, exc, now)
+                _, share = self._on_error(state, probe, exc, now)
+                if share is not None:
+                    yield (SHARE, share)
                 raise
             except BaseException:
-                self._release(state, probe)
+                self._release(state, probe, now)
                 raise
-            status = response.status_code
-            attempts.append(Attempt(backend.id, status, None, self._clock() - now))
-            if self._on_response(state, probe, seq, response, now):
+            elapsed = self._clock() - now
+            attempts.append(Attempt(backend.id, response.status_code, None, elapsed))
+            keep, share = self._on_response(state, probe, seq, response, now)
+            if share is not None:
+                yield (SHARE, share)
+            if keep:
                 response.extensions[EXTENSION] = Routing(backend.id, tuple(attempts))
+                if self._backend_header is not None:
+                    response.headers[self._backend_header] = backend.id
                 return response
             yield (CLOSE, response)
+
+    def _emit(self, event: Event) -> None:
+        """Hand ``event`` to the ``on_event`` callback; whatever it raises is logged, never propagated."""
+        callback = self._on_event
+        if callback is None:
+            return
+        try:
+            callback(event)
+        except Exception:
+            logger.warning("on_event callback raised on a %s event; ignored", event.kind, exc_info=True)
+
+    def _merge_shared(self, records: Sequence[SharedState | None] | None) -> None:
+        """Adopt what other balancers shared: a later deadline, and an open breaker's failure count."""
+        if not records:
+            return
+        now = self._clock()
+        with self._lock:
+            for state, record in zip(self._states, records, strict=False):
+                if record is None or record.cooling_s <= 0:
+                    continue
+                until = now + record.cooling_s
+                if until <= state.cooling_until:
+                    continue
+                was_available = now >= state.cooling_until
+                state.cooling_until = until
+                if record.failures > state.failures:
+                    state.failures = record.failures
+                if was_available:
+                    state.cooling_reason = record.reason
+                    if record.reason != "failed":
+                        state.refill(until + self._default_cooldown_s)
+                    logger.info(
+                        "backend set aside by another balancer backend=%s reason=%s for_s=%.3f",
+                        state.backend.id,
+                        record.reason,
+                        record.cooling_s,
+                    )
 
     # ------------------------------------------------------------------ choosing
 
@@ -237,7 +332,7 @@ class BaseLoadBalancer:
         The best priority with a usable backend wins. Within it: backends whose budget is not known
         to be spent first, then the fewest requests in flight for their weight, then at random by
         weight. A backend that may take only one request at a time (a half-open breaker, a budget
-        believed spent) is passed over while that request is out.
+        believed spent or not known after a 429) is passed over while that request is out.
         """
         with self._lock:
             for tier in self._tiers:
@@ -246,9 +341,9 @@ class BaseLoadBalancer:
                 for s in tier:
                     if s.index in tried or now < s.cooling_until:
                         continue
-                    exhausted = s.budget_exhausted()
-                    if exhausted and s.in_flight:
-                        continue  # spent: what is in flight will tell more (or is the one probe)
+                    exhausted = s.budget_exhausted(now)
+                    if s.in_flight and (exhausted or s.probe_first):
+                        continue  # one at a time: what is in flight will tell more
                     if s.probing and s.failures:
                         continue  # half-open: its one probe is out
                     key = (exhausted, s.in_flight / s.backend.weight)
@@ -325,16 +420,20 @@ class BaseLoadBalancer:
 
     def _on_response(
         self, state: BackendState, probe: bool, seq: int, response: Response, started: float
-    ) -> bool:
-        """Record ``response``; True: return it to the caller, False: discard it and try another backend."""
+    ) -> tuple[bool, Share | None]:
+        """Record ``response``. Returns whether it goes to the caller (else: discard it, try another
+        backend), and what to tell a shared store, if anything."""
         status = response.status_code
         headers = response.headers
         now = self._clock()
+        recovered = 0
+        share: Share | None = None
         with self._lock:
             state.in_flight -= 1
             if probe:
                 state.probing = False
-            state.latencies.append(now - started)
+            state.probe_first = False
+            state.add_latency(now - started)
             if status == 429:
                 state.throttled += 1
                 state.failures = 0
@@ -348,73 +447,114 @@ class BaseLoadBalancer:
                 state.limit_requests = _int_header(
                     headers, "x-ratelimit-limit-requests", state.limit_requests
                 )
-                state.refill()
-                return False
-            if status in _RETRY_STATUSES:
+                state.refill(state.cooling_until + self._default_cooldown_s)
+                keep = False
+                event: Event = ThrottledEvent(self._wall_clock(), state.backend.id, cooldown, now - started)
+                if self._store is not None:
+                    share = self._set_aside_record(state, "throttled", cooldown)
+            elif status in _RETRY_STATUSES:
                 # Only Retry-After counts on a 5xx: a reset header there speaks of the budget, not the outage.
                 retry = {k: v for k in ("retry-after-ms", "retry-after") if (v := headers.get(k)) is not None}
                 info = read_rate_limit(
                     retry, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s
                 )
-                self._fail(state, now, info.cooldown_s or 0.0, str(status))
-                return False
-            if status < 400:
-                state.successes += 1
-            if state.failures:
-                logger.info("backend recovered backend=%s status=%d", state.backend.id, status)
-                state.failures = 0
-            if "x-ratelimit-remaining-requests" in headers or "x-ratelimit-remaining-tokens" in headers:
-                self._note_budget(state, seq, headers, now)
-            elif status < 400:
-                # It took a request and says nothing of its budget: no belief that it is spent survives.
-                state.remaining_requests = state.remaining_tokens = None
-            return True
+                event = self._fail(state, now, info.cooldown_s or 0.0, str(status), started)
+                keep = False
+                if self._store is not None:
+                    share = self._set_aside_record(state, "failed", event.cooldown_s)
+            else:
+                keep = True
+                if status < 400:
+                    state.successes += 1
+                if state.failures:
+                    logger.info("backend recovered backend=%s status=%d", state.backend.id, status)
+                    recovered, state.failures = state.failures, 0
+                    if self._store is not None:
+                        share = ("clear_failure", (self._shared_keys[state.index],))
+                if "x-ratelimit-remaining-requests" in headers or "x-ratelimit-remaining-tokens" in headers:
+                    reset = self._note_budget(state, seq, headers, now)
+                    if reset is not None and self._store is not None:
+                        share = self._set_aside_record(state, "exhausted", reset)
+                elif status < 400:
+                    # It took a request and says nothing of its budget: no belief that it is spent survives.
+                    state.forget_budget()
+                event = ServedEvent(self._wall_clock(), state.backend.id, status, now - started)
+        if self._on_event is not None:
+            self._emit(event)
+            if recovered:
+                self._emit(RecoveredEvent(self._wall_clock(), state.backend.id, recovered))
+        return keep, share
 
-    def _note_budget(self, state: BackendState, seq: int, headers: Any, now: float) -> None:
+    def _set_aside_record(self, state: BackendState, reason: Reason, cooldown_s: float) -> Share:
+        record = SharedState(
+            cooldown_s, reason, state.failures, state.remaining_requests, state.remaining_tokens
+        )
+        return ("set_aside", (self._shared_keys[state.index], record))
+
+    def _note_budget(self, state: BackendState, seq: int, headers: Any, now: float) -> float | None:
         """Remember the budget a success reported; set the backend aside until a known reset if it is spent.
 
         ``seq`` numbers the attempt among those sent to the backend: what it reports ages by the
-        attempts sent after it, and a report older than the one kept is ignored.
+        attempts sent after it, and a report older than the one kept is ignored. A report is believed
+        until its reset, or for ``default_cooldown_s`` when it names none.
+
+        Returns the seconds the backend was set aside for, if it was.
         """
         info = read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
         if seq < state.remaining_seq:
-            return
+            return None
         state.remaining_seq = seq
         state.remaining_requests = info.remaining_requests
         state.remaining_tokens = info.remaining_tokens
-        if state.budget_exhausted():
-            reset = (
-                info.reset_tokens_s if info.remaining_tokens == 0 else info.reset_requests_s
-            ) or info.cooldown_s
-            if reset:
-                self._set_aside(state, now, reset, "exhausted", None)
-                state.limit_requests = _int_header(
-                    headers, "x-ratelimit-limit-requests", state.limit_requests
-                )
-                state.refill()
+        reset = (
+            info.reset_tokens_s if info.remaining_tokens == 0 else info.reset_requests_s
+        ) or info.cooldown_s
+        state.budget_expires = now + (reset or self._default_cooldown_s)
+        if reset and state.budget_exhausted(now):
+            self._set_aside(state, now, reset, "exhausted", None)
+            state.limit_requests = _int_header(headers, "x-ratelimit-limit-requests", state.limit_requests)
+            state.refill(state.cooling_until + self._default_cooldown_s)
+            return reset
+        return None
 
-    def _on_error(self, state: BackendState, probe: bool, exc: BaseException, started: float) -> Attempt:
+    def _on_error(
+        self, state: BackendState, probe: bool, exc: BaseException, started: float
+    ) -> tuple[Attempt, Share | None]:
         now = self._clock()
+        share: Share | None = None
         with self._lock:
             state.in_flight -= 1
             if probe:
                 state.probing = False
-            self._fail(state, now, 0.0, type(exc).__name__)
-        return Attempt(state.backend.id, None, type(exc).__name__, now - started)
+            state.probe_first = False
+            event = self._fail(state, now, 0.0, type(exc).__name__, started)
+            if self._store is not None:
+                share = self._set_aside_record(state, "failed", event.cooldown_s)
+        if self._on_event is not None:
+            self._emit(event)
+        return Attempt(state.backend.id, None, type(exc).__name__, now - started), share
 
-    def _release(self, state: BackendState, probe: bool) -> None:
+    def _release(self, state: BackendState, probe: bool, started: float) -> None:
         """Undo the in-flight count of an attempt that ended for a reason that is not the backend's."""
         with self._lock:
             state.in_flight -= 1
             if probe:
                 state.probing = False
+        if self._on_event is not None:
+            self._emit(AbandonedEvent(self._wall_clock(), state.backend.id, self._clock() - started))
 
-    def _fail(self, state: BackendState, now: float, retry_after: float, what: str) -> None:
+    def _fail(
+        self, state: BackendState, now: float, retry_after: float, what: str, started: float
+    ) -> FailedEvent:
         """Open the breaker: set the backend aside with exponential backoff (caller holds the lock)."""
         state.failed += 1
         state.failures += 1
         backoff = min(self._backoff_s * 2.0 ** min(state.failures - 1, 62), self._backoff_max_s)
-        self._set_aside(state, now, max(backoff, retry_after), "failed", what)
+        cooldown = max(backoff, retry_after)
+        self._set_aside(state, now, cooldown, "failed", what)
+        return FailedEvent(
+            self._wall_clock(), state.backend.id, what, state.failures, cooldown, now - started
+        )
 
     def _set_aside(self, state: BackendState, now: float, seconds: float, reason: str, what: object) -> None:
         until = now + seconds
@@ -458,6 +598,8 @@ class BaseLoadBalancer:
         # Rounded to the microsecond first, so float noise (3.2000000001 s) is not rounded up a whole unit.
         wait_s = round(max(soonest - now, _MIN_RETRY_AFTER_S), 6)
         logger.warning("all backends unavailable backends=%d retry_after_s=%.3f", len(self._states), wait_s)
+        if self._on_event is not None:
+            self._emit(ExhaustedEvent(self._wall_clock(), wait_s, len(attempts)))
         body = {
             "error": {
                 "code": "429",

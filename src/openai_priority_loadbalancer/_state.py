@@ -6,7 +6,8 @@ balancer's injectable monotonic clock), no locking (the balancer holds its lock 
 
 from __future__ import annotations
 
-from collections import deque
+import math
+from array import array
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -16,7 +17,8 @@ __all__ = ["BackendState", "BreakerState"]
 
 BreakerState = Literal["closed", "open", "half-open"]
 
-LATENCY_WINDOW = 128
+#: How many recent latencies the percentiles are taken over.
+LATENCY_WINDOW = 64
 
 
 class BackendState:
@@ -24,6 +26,7 @@ class BackendState:
 
     __slots__ = (
         "backend",
+        "budget_expires",
         "cooling_reason",
         "cooling_until",
         "failed",
@@ -31,7 +34,9 @@ class BackendState:
         "in_flight",
         "index",
         "latencies",
+        "latency_count",
         "limit_requests",
+        "probe_first",
         "probing",
         "remaining_requests",
         "remaining_seq",
@@ -61,27 +66,64 @@ class BackendState:
         self.remaining_requests: int | None = None
         self.remaining_tokens: int | None = None
         self.remaining_seq = 0
+        #: Monotonic time after which the remaining-* report is too old to believe (its window has reset).
+        self.budget_expires = math.inf
+        #: True after a window ended with the budget unknown: one request at a time until one answers.
+        self.probe_first = False
         #: Last x-ratelimit-limit-requests seen: the budget a fresh window brings (None: unknown).
         self.limit_requests: int | None = None
         self.requests = 0
         self.successes = 0
         self.throttled = 0
         self.failed = 0
-        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        #: The last LATENCY_WINDOW latencies (seconds), a ring: a flat array of doubles, no objects.
+        self.latencies = array("d")
+        self.latency_count = 0
 
-    def refill(self) -> None:
-        """A rate-limit window has ended: assume its full budget, or let one request find out."""
-        self.remaining_requests = self.limit_requests if self.limit_requests is not None else 0
+    def add_latency(self, seconds: float) -> None:
+        if len(self.latencies) < LATENCY_WINDOW:
+            self.latencies.append(seconds)
+        else:
+            self.latencies[self.latency_count % LATENCY_WINDOW] = seconds
+        self.latency_count += 1
+
+    def refill(self, expires: float) -> None:
+        """A rate-limit window ends (at the current cooldown's end): expect its full budget, if known.
+
+        With the limit known, the budget is believed until ``expires``; without it, the first request
+        after the cooldown goes alone and its answer tells how much there is.
+        """
         self.remaining_tokens = None
         self.remaining_seq = self.sent
+        if self.limit_requests is not None:
+            self.remaining_requests = self.limit_requests
+            self.budget_expires = expires
+            self.probe_first = False
+        else:
+            self.remaining_requests = None
+            self.budget_expires = math.inf
+            self.probe_first = True
+
+    def forget_budget(self) -> None:
+        self.remaining_requests = self.remaining_tokens = None
+        self.budget_expires = math.inf
 
     def breaker(self, now: float) -> BreakerState:
         if self.failures == 0:
             return "closed"
         return "open" if now < self.cooling_until else "half-open"
 
-    def budget_exhausted(self) -> bool:
-        """Whether the backend's last report, less what was sent since, leaves no request or token."""
+    def budget_exhausted(self, now: float) -> bool:
+        """Whether the backend's last report, less what was sent since, leaves no request or token.
+
+        A report is believed until ``budget_expires`` (its reset, or one default window): after that
+        its window has ended, and the report is forgotten.
+        """
+        if self.remaining_requests is None and self.remaining_tokens is None:
+            return False
+        if now >= self.budget_expires:
+            self.forget_budget()
+            return False
         if self.remaining_tokens == 0:
             return True
         if self.remaining_requests is None:
@@ -89,5 +131,9 @@ class BackendState:
         return self.remaining_requests - (self.sent - self.remaining_seq) <= 0
 
     def needs_probe(self, now: float) -> bool:
-        """Whether only one request at a time may go to the backend (half-open, or budget spent)."""
-        return (self.failures > 0 and now >= self.cooling_until) or self.budget_exhausted()
+        """Whether only one request at a time may go to the backend (half-open, unknown or spent budget)."""
+        return (
+            (self.failures > 0 and now >= self.cooling_until)
+            or self.probe_first
+            or self.budget_exhausted(now)
+        )

@@ -9,16 +9,19 @@ either ``httpx.Client(transport=lb)`` or ``httpx2.Client(transport=lb)`` type-ch
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
-from ._base import CLOSE, SEND, SLEEP, BaseLoadBalancer
+from ._base import CLOSE, SEND, SHARE, SLEEP, BaseLoadBalancer, Share
 from ._http import HttpLib, Request, Response, available_modules, lib_for_module, lib_for_request
 
 __all__ = ["AsyncLoadBalancer", "LoadBalancer"]
 
+logger = logging.getLogger("openai-priority-loadbalancer")
+
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Awaitable, Callable, Iterable
 
     import httpx
     import httpx2
@@ -93,10 +96,25 @@ class LoadBalancer(_Wrapping, _SyncTransport):
         transport: the inner transport to send through (default: an ``HTTPTransport`` of the request's
             library, with the openai SDK's connection limits). It must belong to the same library as
             the client. It is closed with the balancer.
+        sleep: how a request waits for a backend to free up (default ``time.sleep``); injectable for
+            tests.
         **options: see :class:`BaseLoadBalancer`.
     """
 
     _factory = "HTTPTransport"
+
+    def __init__(
+        self,
+        backends: Iterable[Backend],
+        *,
+        transport: Any = None,
+        sleep: Callable[[float], object] | None = None,
+        **options: Any,
+    ) -> None:
+        if sleep is not None and not callable(sleep):
+            raise TypeError(f"sleep must be callable, got {type(sleep).__name__}")
+        super().__init__(backends, transport=transport, **options)
+        self._sleep = sleep if sleep is not None else _sleep
 
     def handle_request(self, request: Request) -> Response:  # type: ignore[override]
         """Send ``request`` to the best available backend; see the package documentation."""
@@ -111,11 +129,13 @@ class LoadBalancer(_Wrapping, _SyncTransport):
                     if action == SEND:
                         result = inner.handle_request(value)
                     elif action == SLEEP:
-                        time.sleep(value)
+                        self._sleep(value)
                         result = None
                     elif action == CLOSE:
                         value.close()
                         result = None
+                    elif action == SHARE:
+                        result = self._share(value)
                     else:  # TOKEN
                         result = value()
                         if inspect.isawaitable(result):
@@ -129,6 +149,14 @@ class LoadBalancer(_Wrapping, _SyncTransport):
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
+    def _share(self, share: Share) -> Any:
+        name, args = share
+        try:
+            return getattr(self._store, name)(*args)
+        except Exception:  # a store fails open: never a request's failure
+            logger.debug("state store %s failed; using local state", name, exc_info=True)
+            return None
+
     def close(self) -> None:
         """Close the inner transport(s)."""
         for inner in self._inner_transports():
@@ -140,10 +168,24 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
 
     The same as :class:`LoadBalancer`, for ``handle_async_request``. Waiting never blocks the event
     loop; the bookkeeping between awaits is short and lock-protected, so one balancer may also be
-    shared with threads.
+    shared with threads. ``sleep`` is an async callable (default: ``anyio.sleep``, which works under
+    asyncio and trio).
     """
 
     _factory = "AsyncHTTPTransport"
+
+    def __init__(
+        self,
+        backends: Iterable[Backend],
+        *,
+        transport: Any = None,
+        sleep: Callable[[float], Awaitable[object]] | None = None,
+        **options: Any,
+    ) -> None:
+        if sleep is not None and not callable(sleep):
+            raise TypeError(f"sleep must be callable, got {type(sleep).__name__}")
+        super().__init__(backends, transport=transport, **options)
+        self._sleep = sleep if sleep is not None else _async_sleep
 
     async def handle_async_request(self, request: Request) -> Response:  # type: ignore[override]
         """Send ``request`` to the best available backend; see the package documentation."""
@@ -158,11 +200,13 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
                     if action == SEND:
                         result = await inner.handle_async_request(value)
                     elif action == SLEEP:
-                        await _async_sleep(value)
+                        await self._sleep(value)
                         result = None
                     elif action == CLOSE:
                         await value.aclose()
                         result = None
+                    elif action == SHARE:
+                        result = await self._share(value)
                     else:  # TOKEN
                         result = value()
                         if inspect.isawaitable(result):
@@ -175,6 +219,14 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
+    async def _share(self, share: Share) -> Any:
+        name, args = share
+        try:
+            return await getattr(self._store, "a" + name)(*args)
+        except Exception:  # a store fails open: never a request's failure
+            logger.debug("state store %s failed; using local state", name, exc_info=True)
+            return None
+
     async def aclose(self) -> None:
         """Close the inner transport(s)."""
         for inner in self._inner_transports():
@@ -185,6 +237,10 @@ def _check_token(token: object) -> None:
     if not isinstance(token, str) or not token:
         # Never fall back to the caller's credentials; the message names no token.
         raise TypeError(f"azure_ad_token_provider must return a non-empty str, got {type(token).__name__}")
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 async def _async_sleep(seconds: float) -> None:

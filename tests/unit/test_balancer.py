@@ -574,12 +574,6 @@ def test_429_is_counted_as_throttled(make_lb: MakeLb, router: Any, client_for: A
     assert stats[A].breaker == "closed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: after a 429 (no x-ratelimit-limit-requests header) refill() marks the backend spent; "
-    "_choose sorts spent backends after every unspent peer, and successes without budget headers "
-    "never clear it, so a same-priority peer takes all traffic from then on",
-)
 def test_throttled_backend_shares_again_after_its_cooldown(
     make_lb: MakeLb, router: Any, client_for: Any, clock: Any
 ) -> None:
@@ -1030,12 +1024,6 @@ def test_remaining_budget_is_reported(make_lb: MakeLb, router: Any, client_for: 
     assert (stats.remaining_requests, stats.remaining_tokens) == (41, 9000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a backend that once reported x-ratelimit-remaining-requests: 0 with no reset time is "
-    "believed spent forever (later successes without budget headers never clear it), so a same-priority "
-    "peer takes all traffic",
-)
 def test_spent_budget_without_reset_is_not_believed_forever(
     make_lb: MakeLb, router: Any, client_for: Any, clock: Any
 ) -> None:

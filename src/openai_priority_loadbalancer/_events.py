@@ -1,0 +1,140 @@
+"""Typed events: what the balancer did, as it did it, for ``on_event`` callbacks.
+
+Every attempt on a backend is one :class:`AttemptEvent` followed by exactly one outcome:
+:class:`ServedEvent` (its response goes to the caller), :class:`ThrottledEvent` (429, failed over),
+:class:`FailedEvent` (5xx or a transport error) or :class:`AbandonedEvent` (the request ended for a
+reason that is not the backend's: cancelled, or its token provider failed). Around them:
+:class:`RecoveredEvent` when a failing backend answers again, :class:`WaitedEvent` when a request
+waited for a backend to free up, :class:`ExhaustedEvent` when it got the balancer's own 429.
+
+Events carry backend ids (scheme, host, port, path prefix), never credentials. ``time`` is wall-clock
+seconds since the epoch (``time.time()``); durations are measured on the monotonic clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+__all__ = [
+    "AbandonedEvent",
+    "AttemptEvent",
+    "Event",
+    "EventCallback",
+    "ExhaustedEvent",
+    "FailedEvent",
+    "RecoveredEvent",
+    "ServedEvent",
+    "ThrottledEvent",
+    "WaitedEvent",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEvent:
+    """A request is about to be sent to ``backend``."""
+
+    kind: ClassVar[Literal["attempt"]] = "attempt"
+    time: float
+    backend: str
+    priority: int
+    probe: bool
+    """True when this is the one request allowed to test the backend (half-open breaker, spent budget)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServedEvent:
+    """``backend`` answered, and its response (any status but 429 and 5xx) goes to the caller."""
+
+    kind: ClassVar[Literal["served"]] = "served"
+    time: float
+    backend: str
+    status: int
+    elapsed_s: float
+    """From sending to the response's headers (a stream's body comes later)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottledEvent:
+    """``backend`` answered 429; it is set aside for ``cooldown_s`` and the request fails over."""
+
+    kind: ClassVar[Literal["throttled"]] = "throttled"
+    time: float
+    backend: str
+    cooldown_s: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FailedEvent:
+    """``backend`` failed (``cause``: the status, e.g. ``"503"``, or the error type, e.g. ``"ConnectError"``).
+
+    Its breaker is open for ``cooldown_s``. The request fails over, except on a read or write timeout,
+    which reaches the caller.
+    """
+
+    kind: ClassVar[Literal["failed"]] = "failed"
+    time: float
+    backend: str
+    cause: str
+    consecutive_failures: int
+    cooldown_s: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonedEvent:
+    """The attempt on ``backend`` ended for a reason that is not the backend's (cancelled, token error)."""
+
+    kind: ClassVar[Literal["abandoned"]] = "abandoned"
+    time: float
+    backend: str
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredEvent:
+    """``backend`` answered after ``after_failures`` consecutive failures: its breaker is closed."""
+
+    kind: ClassVar[Literal["recovered"]] = "recovered"
+    time: float
+    backend: str
+    after_failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitedEvent:
+    """A request found no backend available and waited ``waited_s`` for one to free up."""
+
+    kind: ClassVar[Literal["waited"]] = "waited"
+    time: float
+    waited_s: float
+    backend: None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExhaustedEvent:
+    """No backend could take the request within its wait budget: the caller gets the balancer's 429."""
+
+    kind: ClassVar[Literal["exhausted"]] = "exhausted"
+    time: float
+    retry_after_s: float
+    attempts: int
+    backend: None = None
+
+
+Event = (
+    AttemptEvent
+    | ServedEvent
+    | ThrottledEvent
+    | FailedEvent
+    | AbandonedEvent
+    | RecoveredEvent
+    | WaitedEvent
+    | ExhaustedEvent
+)
+
+#: ``on_event`` receives every event, on the thread (or task) of the request, outside the balancer's
+#: lock. Keep it quick; an exception it raises is logged and ignored.
+EventCallback = Callable[[Event], None]
