@@ -30,6 +30,7 @@ from ._events import (
     ThrottledEvent,
     WaitedEvent,
 )
+from ._stats import Stats, Totals
 from ._store import MemoryStateStore, SharedState, StateStore, shared_key
 from ._transports import AsyncLoadBalancer, LoadBalancer
 from ._version import __version__
@@ -40,6 +41,8 @@ __all__ = [
     "AsyncLoadBalancer",
     "BaseLoadBalancer",
     "BackendStats",
+    "Stats",
+    "Totals",
     "Routing",
     "Attempt",
     "EXTENSION",

@@ -36,7 +36,8 @@ from ._events import (
     ThrottledEvent,
     WaitedEvent,
 )
-from ._state import BackendState, BreakerState
+from ._state import BackendState
+from ._stats import BackendStats, Stats, snapshot
 from ._store import Reason, SharedState, StateStore, shared_key
 
 if TYPE_CHECKING:
@@ -92,25 +93,6 @@ class Routing:
     backend: str | None
     """The backend whose response this is, or None for the balancer's own 429."""
     attempts: tuple[Attempt, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class BackendStats:
-    """A snapshot of one backend's counters, as returned by :meth:`BaseLoadBalancer.stats`."""
-
-    backend: str
-    priority: int
-    requests: int
-    successes: int
-    throttled: int
-    failures: int
-    in_flight: int
-    cooling_down_for_s: float
-    breaker: BreakerState
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
-    remaining_requests: int | None
-    remaining_tokens: int | None
 
 
 class BaseLoadBalancer:
@@ -197,11 +179,11 @@ class BaseLoadBalancer:
 
     # ------------------------------------------------------------------ public
 
-    def stats(self) -> tuple[BackendStats, ...]:
-        """A snapshot of every backend's counters, in configuration order."""
+    def stats(self) -> Stats:
+        """A snapshot of every backend's counters, in configuration order; ``str()`` of it is a table."""
         now = self._clock()
         with self._lock:
-            return tuple(_snapshot(s, now) for s in self._states)
+            return Stats(snapshot(s, now) for s in self._states)
 
     def __repr__(self) -> str:
         names = ", ".join(f"{b.id} (priority {b.priority})" for b in self.backends)
@@ -683,27 +665,3 @@ def _rewrite_model(content: bytes, deployments: Mapping[str, str]) -> bytes | No
         return None
     body["model"] = target
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    index = max(0, math.ceil(q * len(sorted_values)) - 1)
-    return sorted_values[index] * 1000.0
-
-
-def _snapshot(s: BackendState, now: float) -> BackendStats:
-    latencies = sorted(s.latencies)
-    return BackendStats(
-        backend=s.backend.id,
-        priority=s.backend.priority,
-        requests=s.requests,
-        successes=s.successes,
-        throttled=s.throttled,
-        failures=s.failed,
-        in_flight=s.in_flight,
-        cooling_down_for_s=max(0.0, s.cooling_until - now),
-        breaker=s.breaker(now),
-        latency_p50_ms=_percentile(latencies, 0.5) if latencies else None,
-        latency_p95_ms=_percentile(latencies, 0.95) if latencies else None,
-        remaining_requests=s.remaining_requests,
-        remaining_tokens=s.remaining_tokens,
-    )

@@ -49,6 +49,10 @@ class StateStore(Protocol):
     Every method has a sync form (used by ``LoadBalancer``) and an async one (``AsyncLoadBalancer``).
     ``set_aside`` keeps whichever deadline is later, atomically: a shorter cooldown never overwrites
     a longer one. A record disappears by itself when its cooldown ends.
+
+    A store may also define ``bind(mode)``: a balancer built with it calls ``bind("sync")`` or
+    ``bind("async")`` first, and the store raises ``TypeError`` there if it cannot serve that mode
+    (say, a store holding only an asyncio client given to a sync balancer).
     """
 
     def load(self, keys: Sequence[str]) -> Sequence[SharedState | None]:

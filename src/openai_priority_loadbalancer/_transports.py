@@ -115,6 +115,7 @@ class LoadBalancer(_Wrapping, _SyncTransport):
             raise TypeError(f"sleep must be callable, got {type(sleep).__name__}")
         super().__init__(backends, transport=transport, **options)
         self._sleep = sleep if sleep is not None else _sleep
+        _bind(self._store, "sync")
 
     def handle_request(self, request: Request) -> Response:  # type: ignore[override]
         """Send ``request`` to the best available backend; see the package documentation."""
@@ -186,6 +187,7 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
             raise TypeError(f"sleep must be callable, got {type(sleep).__name__}")
         super().__init__(backends, transport=transport, **options)
         self._sleep = sleep if sleep is not None else _async_sleep
+        _bind(self._store, "async")
 
     async def handle_async_request(self, request: Request) -> Response:  # type: ignore[override]
         """Send ``request`` to the best available backend; see the package documentation."""
@@ -237,6 +239,13 @@ def _check_token(token: object) -> None:
     if not isinstance(token, str) or not token:
         # Never fall back to the caller's credentials; the message names no token.
         raise TypeError(f"azure_ad_token_provider must return a non-empty str, got {type(token).__name__}")
+
+
+def _bind(store: object, mode: str) -> None:
+    """Tell a store which calls it will get ("sync" or "async"), if it cares: it may refuse with TypeError."""
+    bind = getattr(store, "bind", None)
+    if bind is not None:
+        bind(mode)
 
 
 def _sleep(seconds: float) -> None:

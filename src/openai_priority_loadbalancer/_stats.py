@@ -1,0 +1,139 @@
+"""Snapshots of the balancer's counters: :meth:`BaseLoadBalancer.stats` returns a :class:`Stats`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._state import BackendState, BreakerState
+
+__all__ = ["BackendStats", "Stats", "Totals"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStats:
+    """One backend's counters at the moment of the snapshot. ``backend`` is its id: no credentials."""
+
+    backend: str
+    priority: int
+    requests: int
+    """Attempts sent to the backend (a request that failed over counts once on each backend it tried)."""
+    successes: int
+    """Responses below 400."""
+    throttled: int
+    """429 answers."""
+    failures: int
+    """5xx answers and transport errors."""
+    in_flight: int
+    cooling_down_for_s: float
+    """Seconds until it takes requests again; 0 when available."""
+    breaker: BreakerState
+    latency_p50_ms: float | None
+    """Over its last 64 answers (to the response headers), or None before the first."""
+    latency_p95_ms: float | None
+    remaining_requests: int | None
+    """The last ``x-ratelimit-remaining-requests`` believed, or None."""
+    remaining_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The sums over every backend."""
+
+    requests: int
+    successes: int
+    throttled: int
+    failures: int
+    in_flight: int
+    available: int
+    """Backends not cooling down."""
+    backends: int
+
+
+class Stats(tuple[BackendStats, ...]):
+    """A tuple of :class:`BackendStats` in configuration order, with :attr:`total` and a table as ``str``."""
+
+    __slots__ = ()
+
+    @property
+    def total(self) -> Totals:
+        return Totals(
+            requests=sum(s.requests for s in self),
+            successes=sum(s.successes for s in self),
+            throttled=sum(s.throttled for s in self),
+            failures=sum(s.failures for s in self),
+            in_flight=sum(s.in_flight for s in self),
+            available=sum(1 for s in self if s.cooling_down_for_s == 0),
+            backends=len(self),
+        )
+
+    def __str__(self) -> str:
+        header = ["backend", "prio", "requests", "ok", "429", "failed", "in flight", "cooling s", "breaker"]
+        header += ["p50 ms", "p95 ms", "remaining req", "remaining tok"]
+        rows: list[list[str]] = [header]
+        for s in self:
+            rows.append(
+                [
+                    s.backend,
+                    str(s.priority),
+                    str(s.requests),
+                    str(s.successes),
+                    str(s.throttled),
+                    str(s.failures),
+                    str(s.in_flight),
+                    f"{s.cooling_down_for_s:.1f}" if s.cooling_down_for_s else "-",
+                    s.breaker,
+                    _optional(s.latency_p50_ms, "{:.1f}"),
+                    _optional(s.latency_p95_ms, "{:.1f}"),
+                    _optional(s.remaining_requests, "{}"),
+                    _optional(s.remaining_tokens, "{}"),
+                ]
+            )
+        t = self.total
+        total = [f"total ({t.available}/{t.backends} available)", "", str(t.requests), str(t.successes)]
+        total += [str(t.throttled), str(t.failures), str(t.in_flight)]
+        rows.append(total + [""] * (len(header) - len(total)))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = [
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+            for row in rows
+        ]
+        rule = "-" * max(map(len, lines))
+        return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1]])
+
+    def __repr__(self) -> str:
+        return f"Stats({tuple.__repr__(self)})"
+
+
+def _optional(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def snapshot(s: BackendState, now: float) -> BackendStats:
+    latencies = sorted(s.latencies)
+    return BackendStats(
+        backend=s.backend.id,
+        priority=s.backend.priority,
+        requests=s.requests,
+        successes=s.successes,
+        throttled=s.throttled,
+        failures=s.failed,
+        in_flight=s.in_flight,
+        cooling_down_for_s=max(0.0, s.cooling_until - now),
+        breaker=s.breaker(now),
+        latency_p50_ms=_percentile(latencies, 0.5) if latencies else None,
+        latency_p95_ms=_percentile(latencies, 0.95) if latencies else None,
+        remaining_requests=s.remaining_requests,
+        remaining_tokens=s.remaining_tokens,
+    )
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank percentile, in milliseconds."""
+    index = max(0, math.ceil(q * len(sorted_values)) - 1)
+    return sorted_values[index] * 1000.0
