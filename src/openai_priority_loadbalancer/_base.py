@@ -11,6 +11,7 @@ response, update the state) -> transport.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -71,6 +72,9 @@ _URL_CACHE_SIZE: Final = 512
 _PROBE_POLL_S: Final = 0.02
 # The shortest wait: a backend tried by this request and free again "now" is not hammered in a loop.
 _MIN_WAIT_S: Final = 0.01
+# Tiers up to this size are scanned whole when choosing; larger ones are sampled (see _choose).
+_SCAN_LIMIT: Final = 32
+_SAMPLE: Final = 16
 _TOKEN_CHARS: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -173,6 +177,10 @@ class BaseLoadBalancer:
         self._shared_keys = [shared_key(b) for b in self.backends]
         priorities = sorted({b.priority for b in self.backends})
         self._tiers = [[s for s in self._states if s.backend.priority == p] for p in priorities]
+        self._tier_cum_weights = [
+            list(itertools.accumulate(s.backend.weight for s in tier)) if len(tier) > _SCAN_LIMIT else None
+            for tier in self._tiers
+        ]
         self._lock = threading.Lock()
         self._random = random.Random()
         self._url_cache: dict[tuple[Any, ...], Any] = {}
@@ -315,24 +323,19 @@ class BaseLoadBalancer:
         to be spent first, then the fewest requests in flight for their weight, then at random by
         weight. A backend that may take only one request at a time (a half-open breaker, a budget
         believed spent or not known after a 429) is passed over while that request is out.
+
+        A tier of more than ``_SCAN_LIMIT`` backends is not scanned whole: the choice is the best of
+        ``_SAMPLE`` of its backends drawn at random by weight, so choosing costs the same at any size
+        (the whole tier is scanned only when none of the sample is usable).
         """
         with self._lock:
-            for tier in self._tiers:
-                best: list[BackendState] = []
-                best_key: tuple[bool, float] | None = None
-                for s in tier:
-                    if s.index in tried or now < s.cooling_until:
-                        continue
-                    exhausted = s.budget_exhausted(now)
-                    if s.in_flight and (exhausted or s.probe_first):
-                        continue  # one at a time: what is in flight will tell more
-                    if s.probing and s.failures:
-                        continue  # half-open: its one probe is out
-                    key = (exhausted, s.in_flight / s.backend.weight)
-                    if best_key is None or key < best_key:
-                        best, best_key = [s], key
-                    elif key == best_key:
-                        best.append(s)
+            for tier, cum_weights in zip(self._tiers, self._tier_cum_weights, strict=True):
+                if cum_weights is None:
+                    best = self._best(tier, now, tried)
+                else:
+                    sample = self._random.choices(tier, cum_weights=cum_weights, k=_SAMPLE)
+                    # The sample is drawn by weight already: its first best member is the weighted pick.
+                    best = self._best(sample, now, tried)[:1] or self._best(tier, now, tried)
                 if not best:
                     continue
                 if len(best) == 1:
@@ -350,6 +353,26 @@ class BaseLoadBalancer:
                 chosen.requests += 1
                 return chosen, probe, chosen.sent
             return None, False, 0
+
+    @staticmethod
+    def _best(candidates: list[BackendState], now: float, tried: set[int]) -> list[BackendState]:
+        """The usable candidates that rank first (see :meth:`_choose`), in the order given."""
+        best: list[BackendState] = []
+        best_key: tuple[bool, float] | None = None
+        for s in candidates:
+            if now < s.cooling_until or s.index in tried:
+                continue
+            exhausted = s.budget_exhausted(now)
+            if s.in_flight and (exhausted or s.probe_first):
+                continue  # one at a time: what is in flight will tell more
+            if s.probing and s.failures:
+                continue  # half-open: its one probe is out
+            key = (exhausted, s.in_flight / s.backend.weight)
+            if best_key is None or key < best_key:
+                best, best_key = [s], key
+            elif key == best_key:
+                best.append(s)
+        return best
 
     # ------------------------------------------------------------------ building an attempt
 
