@@ -108,6 +108,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rpw", type=int, default=4, help="simulated: requests per window per instance (default 4)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument(
+        "--no-stats",
+        action="store_true",
+        help="do not print the balancer's own stats() table after the comparison",
+    )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.rpw < 1:
         raise ConfigError("--requests, --concurrency and --rpw must be at least 1")
@@ -422,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             setup = load_setup(args, stack)
             standard, _ = run_side(setup, args, balanced=False)
-            balanced, _ = run_side(setup, args, balanced=True)
+            balanced, balancer = run_side(setup, args, balanced=True)
             if args.json:
                 print(
                     json.dumps(
@@ -431,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             else:
                 print(render_table(setup, standard, balanced, args))
+                if not args.no_stats:
+                    print("\nWhat the balancer saw (print(lb.stats())):\n")
+                    print(balancer.stats())
     except ConfigError as exc:
         print(f"aoai.py: error: {exc}", file=sys.stderr)
         return 2

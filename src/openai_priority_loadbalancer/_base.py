@@ -511,13 +511,13 @@ class BaseLoadBalancer:
         state.remaining_seq = seq
         state.remaining_requests = info.remaining_requests
         state.remaining_tokens = info.remaining_tokens
+        state.limit_requests = _int_header(headers, "x-ratelimit-limit-requests", state.limit_requests)
         reset = (
             info.reset_tokens_s if info.remaining_tokens == 0 else info.reset_requests_s
         ) or info.cooldown_s
         state.budget_expires = now + (reset or self._default_cooldown_s)
         if reset and state.budget_exhausted(now):
             self._set_aside(state, now, reset, "exhausted", None)
-            state.limit_requests = _int_header(headers, "x-ratelimit-limit-requests", state.limit_requests)
             state.refill(state.cooling_until + self._default_cooldown_s)
             return reset
         return None

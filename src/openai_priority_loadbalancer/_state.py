@@ -108,6 +108,11 @@ class BackendState:
         self.remaining_requests = self.remaining_tokens = None
         self.budget_expires = math.inf
 
+    def believed_remaining_requests(self) -> int | None:
+        if self.remaining_requests is None:
+            return None
+        return max(0, self.remaining_requests - (self.sent - self.remaining_seq))
+
     def breaker(self, now: float) -> BreakerState:
         if self.failures == 0:
             return "closed"
@@ -117,13 +122,12 @@ class BackendState:
         """Whether the backend's last report, less what was sent since, leaves no request or token.
 
         A report is believed until ``budget_expires`` (its reset, or one default window): after that
-        its window has ended, and the report is forgotten.
+        its window has ended, and a new one starts (see :meth:`refill`).
         """
         if self.remaining_requests is None and self.remaining_tokens is None:
             return False
         if now >= self.budget_expires:
-            self.forget_budget()
-            return False
+            self.refill(math.inf)
         if self.remaining_tokens == 0:
             return True
         if self.remaining_requests is None:

@@ -34,7 +34,7 @@ class BackendStats:
     """Over its last 64 answers (to the response headers), or None before the first."""
     latency_p95_ms: float | None
     remaining_requests: int | None
-    """The last ``x-ratelimit-remaining-requests`` believed, or None."""
+    """The last ``x-ratelimit-remaining-requests`` reported, less the requests sent since; or None."""
     remaining_tokens: int | None
 
 
@@ -128,7 +128,7 @@ def snapshot(s: BackendState, now: float) -> BackendStats:
         breaker=s.breaker(now),
         latency_p50_ms=_percentile(latencies, 0.5) if latencies else None,
         latency_p95_ms=_percentile(latencies, 0.95) if latencies else None,
-        remaining_requests=s.remaining_requests,
+        remaining_requests=s.believed_remaining_requests(),
         remaining_tokens=s.remaining_tokens,
     )
 

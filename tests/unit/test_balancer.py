@@ -1038,6 +1038,26 @@ def test_spent_budget_without_reset_is_not_believed_forever(
     assert router.hosts.count(A) > 20
 
 
+def test_a_new_window_brings_the_known_limit_not_an_unlimited_budget(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any
+) -> None:
+    """When a report's reset passes, the backend is believed to hold its limit again, and no more."""
+    budget = {"x-ratelimit-remaining-requests": "1", "x-ratelimit-limit-requests": "2"}
+    router.script(A, (200, {**budget, "x-ratelimit-reset-requests": "1s"}))
+    router.always(A, 400)  # answers that say nothing of the budget, and do not succeed
+    lb = make_lb([Backend(A, 1), Backend(B, 1)])
+    client = client_for(lb)
+    while A not in router.hosts:
+        post(client)
+    assert stats_by_id(lb)[A].remaining_requests == 1
+    clock.advance(1)  # the window reset: a fresh budget of 2
+    believed = []
+    while len(believed) < 2:
+        if routing(post(client)).backend == A:
+            believed.append(stats_by_id(lb)[A].remaining_requests)
+    assert believed == [1, 0]
+
+
 def test_budget_headers_on_the_probe_restore_concurrency(
     make_lb: MakeLb, router: Any, client_for: Any, clock: Any, lib: Any
 ) -> None:
