@@ -1,0 +1,752 @@
+"""Shared throttle state on Redis: balancers in many processes and machines see each other's cooldowns.
+
+::
+
+    from openai_priority_loadbalancer import LoadBalancer
+    from openai_priority_loadbalancer.redis import RedisStateStore
+
+    store = RedisStateStore.from_url("redis://127.0.0.1:6379/0")
+    lb = LoadBalancer(backends, state=store)  # AsyncLoadBalancer(backends, state=store) alike
+
+Needs redis-py: ``pip install "openai-priority-loadbalancer[redis]"``.
+
+One key per backend, ``prefix + shared_key(backend)`` (``oplb:https://host:443/``: no credential),
+holding ``"<deadline_us> <reason> <failures> <remaining_requests> <remaining_tokens>"`` where the
+deadline is on the Redis server's clock (``TIME``), so the machines' clocks never matter. Its TTL is
+the cooldown: a record disappears by itself when the backend may take requests again.
+
+* ``load`` is one ``EVALSHA`` of a read-only script returning the server's time and every key's
+  record: one round trip per decision, whatever the number of backends.
+* ``set_aside`` is one ``EVALSHA`` of a script that keeps the later deadline, atomically: a shorter
+  cooldown written at the same moment by another process never overwrites a longer one.
+* ``clear_failure`` deletes the record only if its reason is ``failed`` (one script, atomic).
+
+Fail open: socket timeouts are short (50 ms by default) and redis-py's own retries are off. On any
+error the store logs one WARNING, answers "nothing shared" at once for a backoff (0.5 s, doubling up
+to 30 s) while the balancer runs on its local state, then lets one call try again; when that works it
+logs one INFO and sharing resumes. A request never fails because of the store, and waits at most one
+timeout for it.
+
+Redis Cluster: ``load`` names every backend's key in one script, so give a prefix with a hash tag
+(``prefix="{oplb}:"``) to keep them in one slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+try:
+    import redis.asyncio  # binds ``redis`` too
+    from redis.asyncio.retry import Retry as _AsyncRetry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import NoScriptError
+    from redis.retry import Retry as _Retry
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess without redis
+    raise ImportError(
+        'RedisStateStore needs redis-py: pip install "openai-priority-loadbalancer[redis]"'
+    ) from _exc
+
+from ._store import Reason, SharedState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = ["RedisStateStore"]
+
+logger = logging.getLogger("openai-priority-loadbalancer")
+
+DEFAULT_PREFIX: Final = "oplb:"
+DEFAULT_TIMEOUT_S: Final = 0.05
+DEFAULT_BACKOFF_S: Final = 0.5
+DEFAULT_BACKOFF_MAX_S: Final = 30.0
+# How long a thread waits for another thread's load when the client's timeouts are unknown.
+_DEFAULT_WAIT_S: Final = 1.0
+
+# KEYS: the backends' keys. Returns the server's TIME (seconds, microseconds), then each key's value
+# (nil where none). MGET answers nil for a key of another type instead of failing the whole call.
+_LOAD: Final = """
+local t = redis.call('TIME')
+local out = {t[1], t[2]}
+if #KEYS > 0 then
+  local values = redis.call('MGET', unpack(KEYS))
+  for i = 1, #KEYS do out[i + 2] = values[i] end
+end
+return out
+"""
+
+# KEYS[1]: the backend's key. ARGV[1]: cooldown in microseconds (>= 1); ARGV[2]: " reason failures rr rt".
+# Keeps whichever deadline is later; the key expires with its cooldown. Returns 1 if written.
+_SET_ASIDE: Final = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local ttl = tonumber(ARGV[1])
+local deadline = tonumber(t[1]) * 1000000 + tonumber(t[2]) + ttl
+local kept = redis.call('GET', KEYS[1])
+if kept then
+  local d = tonumber(string.match(kept, '^%d+'))
+  if d and d >= deadline then return 0 end
+end
+redis.call('SET', KEYS[1], string.format('%.0f', deadline) .. ARGV[2], 'PX', math.ceil(ttl / 1000))
+return 1
+"""
+
+# KEYS[1]: the backend's key. Deletes it only if it records a failure. Returns 1 if deleted.
+_CLEAR_FAILURE: Final = """
+local kept = redis.call('GET', KEYS[1])
+if kept and string.match(kept, '^%d+ failed ') then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_REASONS: Final[dict[bytes, Reason]] = {
+    b"throttled": "throttled",
+    b"failed": "failed",
+    b"exhausted": "exhausted",
+}
+_NONE: Final = b"-"
+
+Ticket = Literal[0, 1, 2]
+_SKIP: Final = 0  # Redis is being left alone: answer "nothing shared" at once
+_NORMAL: Final = 1
+_PROBE: Final = 2  # the one call trying Redis again after a backoff
+
+
+class _Script:
+    """A Lua script called by its SHA; loaded with EVAL when the server does not know it (a restart)."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def call(self, client: Any, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)
+
+    async def acall(self, client: Any, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+_LOAD_SCRIPT: Final = _Script(_LOAD)
+_SET_ASIDE_SCRIPT: Final = _Script(_SET_ASIDE)
+_CLEAR_FAILURE_SCRIPT: Final = _Script(_CLEAR_FAILURE)
+
+
+class _Health:
+    """Whether to talk to Redis now. One WARNING when it starts failing, one INFO when it works again.
+
+    While failing, every call is skipped until the backoff ends; then one call (the probe) tries, and
+    the others keep skipping until it has answered. Calls already under way when Redis failed change
+    nothing: only the first failure and the probes count.
+    """
+
+    def __init__(
+        self, target: str, scrub: Callable[[str], str], backoff_s: float, backoff_max_s: float, clock: Any
+    ) -> None:
+        self._target = target
+        self._scrub = scrub
+        self._backoff_s = backoff_s
+        self._backoff_max_s = backoff_max_s
+        self._clock: Callable[[], float] = clock
+        self._lock = threading.Lock()
+        self.failing = False
+        self._backoff = backoff_s
+        self.retry_at = 0.0
+
+    def gate(self) -> Ticket:
+        if not self.failing:
+            return _NORMAL
+        now = self._clock()
+        with self._lock:
+            if not self.failing:
+                return _NORMAL
+            if now < self.retry_at:
+                return _SKIP
+            self.retry_at = now + self._backoff  # the others skip while this probe is out
+            return _PROBE
+
+    def ok(self, ticket: Ticket) -> None:
+        if ticket != _PROBE:
+            return
+        with self._lock:
+            if not self.failing:
+                return
+            self.failing = False
+            self._backoff = self._backoff_s
+        logger.info("shared state store reachable again store=%s; sharing resumed", self._target)
+
+    def failed(self, ticket: Ticket, exc: BaseException) -> None:
+        now = self._clock()
+        with self._lock:
+            if ticket == _PROBE and self.failing:
+                self._backoff = min(self._backoff * 2.0, self._backoff_max_s)
+                self.retry_at = now + self._backoff
+                backoff = self._backoff
+                first = False
+            elif not self.failing:
+                self.failing = True
+                self._backoff = self._backoff_s
+                self.retry_at = now + self._backoff
+                backoff = self._backoff
+                first = True
+            else:
+                return  # a call that started before the failure was noticed
+        error = self._scrub(f"{type(exc).__name__}: {exc}")
+        if first:
+            logger.warning(
+                "shared state store unavailable store=%s error=%s; using local state, retrying in %.1f s",
+                self._target,
+                error,
+                backoff,
+            )
+        else:
+            logger.debug(
+                "shared state store still unavailable store=%s error=%s; retrying in %.1f s",
+                self._target,
+                error,
+                backoff,
+            )
+
+
+class _Flight:
+    """A load under way in one thread; the threads asking for the same keys meanwhile take its answer."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: list[SharedState | None] | None = None
+
+
+class _LoopState:
+    """What the store keeps per event loop: its asyncio client (made by the store) and the loads under way."""
+
+    __slots__ = ("client", "flights")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.flights: dict[tuple[str, ...], asyncio.Future[list[SharedState | None] | None]] = {}
+
+
+class _WriteSlot:
+    """A key being written: the latest deadline asked for meanwhile, which the writer writes next."""
+
+    __slots__ = ("pending", "pending_until")
+
+    def __init__(self) -> None:
+        self.pending: SharedState | None = None
+        self.pending_until = 0.0
+
+
+class RedisStateStore:
+    """A :class:`~openai_priority_loadbalancer.StateStore` on Redis, for ``LoadBalancer`` and
+    ``AsyncLoadBalancer`` alike (see the module documentation for the key layout and semantics).
+
+    Build it with :meth:`from_url` (the store makes its own clients, a sync one and one asyncio client
+    per event loop, as they are needed), or hand it existing clients::
+
+        RedisStateStore(redis.Redis(...), async_client=redis.asyncio.Redis(...))
+
+    Clients given are used as they are: give them short timeouts (``socket_timeout=0.05``,
+    ``socket_connect_timeout=0.05``) and no retries, or a request may wait on a slow Redis that long.
+
+    Concurrent calls are coalesced, so that a burst of requests never opens a burst of connections:
+    threads (or tasks of one loop) asking for the same keys while a load is under way take its answer,
+    and writes of one key while another is under way leave the latest deadline to that writer, which
+    writes it next. At most one load and one write per key are in flight per process and loop.
+
+    Args:
+        client: a ``redis.Redis`` for the sync balancer, or None.
+        async_client: a ``redis.asyncio.Redis`` for the async balancer, or None.
+        prefix: prepended to every key.
+        backoff_s: how long Redis is left alone after it fails; doubles at each failed retry...
+        backoff_max_s: ...up to this.
+        clock: monotonic time source for the backoff (seconds); injectable for tests.
+
+    Raises:
+        TypeError: no client is given, or a client of the wrong flavour.
+        ValueError: a number is out of range.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | None = None,
+        *,
+        async_client: redis.asyncio.Redis | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        backoff_max_s: float = DEFAULT_BACKOFF_MAX_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if client is not None and isinstance(client, redis.asyncio.Redis):
+            raise TypeError("client is a redis.asyncio.Redis: pass it as async_client=")
+        if async_client is not None and not isinstance(async_client, redis.asyncio.Redis):
+            raise TypeError(f"async_client must be a redis.asyncio.Redis, got {type(async_client).__name__}")
+        if client is None and async_client is None:
+            raise TypeError(
+                "RedisStateStore needs a client: RedisStateStore.from_url(url), or"
+                " RedisStateStore(redis.Redis(...), async_client=redis.asyncio.Redis(...))"
+            )
+        self._url: str | None = None
+        self._options: dict[str, Any] = {}
+        self._owned = False  # clients given are the caller's
+        self._client: Any = client
+        self._given_async: Any = async_client
+        wait_s = _timeouts_of(client) if client is not None else _DEFAULT_WAIT_S
+        self._setup(prefix, backoff_s, backoff_max_s, clock, _describe_client(client or async_client), wait_s)
+
+    def _setup(
+        self,
+        prefix: str,
+        backoff_s: float,
+        backoff_max_s: float,
+        clock: Callable[[], float],
+        target: str,
+        wait_s: float,
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        for name, value in (("backoff_s", backoff_s), ("backoff_max_s", backoff_max_s)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {type(clock).__name__}")
+        self._prefix = prefix
+        self._prefix_bytes = prefix.encode()
+        self._key_cache: dict[str, bytes] = {}
+        self._lock = threading.Lock()  # guards the clients, the flights and the write slots
+        self._flights: dict[tuple[str, ...], _Flight] = {}
+        self._writes: dict[str, _WriteSlot] = {}
+        # How long a thread waits for another's load before going on without shared state: the
+        # longest that load can take (it fails by itself after its connect and read timeouts).
+        self._wait_s = wait_s
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._health = _Health(target, self._scrub, float(backoff_s), float(backoff_max_s), clock)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        socket_timeout: float = DEFAULT_TIMEOUT_S,
+        socket_connect_timeout: float | None = None,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        backoff_max_s: float = DEFAULT_BACKOFF_MAX_S,
+        clock: Callable[[], float] = time.monotonic,
+        **redis_options: Any,
+    ) -> RedisStateStore:
+        """A store on the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+        Its clients are made on first need, with ``socket_timeout`` for reads and
+        ``socket_connect_timeout`` (default: ``socket_timeout``) for connecting, and redis-py's
+        retries off; other keyword arguments go to ``redis.Redis.from_url`` (and its asyncio twin).
+
+        Raises:
+            ValueError: ``url`` is not a Redis URL, or a timeout is not a positive number.
+        """
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("url must be a redis://, rediss:// or unix:// URL")
+        connect_timeout = socket_timeout if socket_connect_timeout is None else socket_connect_timeout
+        for name, value in (("socket_timeout", socket_timeout), ("socket_connect_timeout", connect_timeout)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        store = cls.__new__(cls)
+        store._url = url
+        store._options = {
+            "socket_timeout": float(socket_timeout),
+            "socket_connect_timeout": float(connect_timeout),
+            **redis_options,
+        }
+        store._owned = True
+        store._client = None
+        store._given_async = None
+        wait_s = 2 * (float(connect_timeout) + float(socket_timeout))  # connect, handshake, the call
+        store._setup(prefix, backoff_s, backoff_max_s, clock, _redact_url(url), wait_s)
+        return store
+
+    def __repr__(self) -> str:
+        if self._url is not None:
+            where = repr(_redact_url(self._url))
+        else:
+            where = ", ".join(
+                f"{name}={type(c).__module__}.{type(c).__qualname__}"
+                for name, c in (("client", self._client), ("async_client", self._given_async))
+                if c is not None
+            )
+        state = "local state, Redis unavailable" if self._health.failing else "sharing"
+        return f"RedisStateStore({where}, prefix={self._prefix!r}; {state})"
+
+    # ------------------------------------------------------------------ clients
+
+    def bind(self, mode: str) -> None:
+        """Check that this store can serve a ``"sync"`` or an ``"async"`` balancer (the balancer calls it).
+
+        Raises:
+            TypeError: the store has no client of that flavour.
+        """
+        if self._owned:
+            return
+        if mode == "sync" and self._client is None:
+            raise TypeError(
+                "RedisStateStore has no sync client for LoadBalancer: pass client=redis.Redis(...)"
+                " or build it with RedisStateStore.from_url(url)"
+            )
+        if mode == "async" and self._given_async is None:
+            raise TypeError(
+                "RedisStateStore has no asyncio client for AsyncLoadBalancer: pass"
+                " async_client=redis.asyncio.Redis(...) or build it with RedisStateStore.from_url(url)"
+            )
+
+    def _sync_client(self) -> Any:
+        client = self._client
+        if client is None:
+            with self._lock:
+                client = self._client
+                if client is None:
+                    if self._url is None:
+                        raise TypeError("RedisStateStore has no sync client")
+                    options = {"retry": _Retry(NoBackoff(), 0), **self._options}
+                    client = self._client = redis.Redis.from_url(self._url, **options)
+        return client
+
+    def _loop_state(self) -> _LoopState:
+        # An asyncio client belongs to the loop it first ran on: the store makes one per loop.
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            state = self._loops.get(loop)
+            if state is None:
+                client = self._given_async
+                if client is None:
+                    if self._url is None:
+                        raise TypeError("RedisStateStore has no asyncio client")
+                    options = {"retry": _AsyncRetry(NoBackoff(), 0), **self._options}
+                    client = redis.asyncio.Redis.from_url(self._url, **options)
+                state = self._loops[loop] = _LoopState(client)
+        return state
+
+    def close(self) -> None:
+        """Close the sync client this store made (clients given to it are the caller's to close)."""
+        if self._owned:
+            with self._lock:
+                client, self._client = self._client, None
+            if client is not None:
+                client.close()
+
+    async def aclose(self) -> None:
+        """Close the clients this store made: the sync one, and the asyncio one of the running loop."""
+        self.close()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            state = self._loops.pop(loop, None)
+        if state is not None and self._owned:
+            await state.client.aclose()
+
+    # ------------------------------------------------------------------ the StateStore protocol
+
+    def load(self, keys: Sequence[str]) -> list[SharedState | None] | None:
+        """Every key's live record (None where there is none); None while Redis is unavailable."""
+        token = tuple(keys)
+        with self._lock:
+            flight = self._flights.get(token)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[token] = _Flight()
+        if not leader:
+            flight.done.wait(self._wait_s)
+            return flight.result
+        try:
+            flight.result = self._load_now(keys)
+        finally:
+            with self._lock:
+                del self._flights[token]
+            flight.done.set()
+        return flight.result
+
+    def _load_now(self, keys: Sequence[str]) -> list[SharedState | None] | None:
+        ticket = self._health.gate()
+        if ticket == _SKIP:
+            return None
+        try:
+            reply = _LOAD_SCRIPT.call(self._sync_client(), self._keys(keys), ())
+            result = _parse_load(reply, len(keys))
+        except Exception as exc:
+            self._health.failed(ticket, exc)
+            return None
+        self._health.ok(ticket)
+        return result
+
+    async def aload(self, keys: Sequence[str]) -> list[SharedState | None] | None:
+        state = self._loop_state()
+        token = tuple(keys)
+        flight = state.flights.get(token)
+        if flight is not None:
+            return await asyncio.shield(flight)
+        flight = state.flights[token] = asyncio.get_running_loop().create_future()
+        result: list[SharedState | None] | None = None
+        try:
+            result = await self._aload_now(state.client, keys)
+        finally:
+            del state.flights[token]
+            flight.set_result(result)
+        return result
+
+    async def _aload_now(self, client: Any, keys: Sequence[str]) -> list[SharedState | None] | None:
+        ticket = self._health.gate()
+        if ticket == _SKIP:
+            return None
+        try:
+            reply = await _LOAD_SCRIPT.acall(client, self._keys(keys), ())
+            result = _parse_load(reply, len(keys))
+        except Exception as exc:
+            self._health.failed(ticket, exc)
+            return None
+        self._health.ok(ticket)
+        return result
+
+    def set_aside(self, key: str, record: SharedState) -> None:
+        """Record the backend as set aside for ``record.cooling_s``, unless a later deadline is kept."""
+        next_record = self._claim_write(key, record)
+        try:
+            while next_record is not None:
+                args = _set_aside_args(next_record)
+                if args is not None:
+                    self._call(_SET_ASIDE_SCRIPT, key, args)
+                next_record = self._next_write(key)
+        except BaseException:
+            self._drop_write(key)
+            raise
+
+    async def aset_aside(self, key: str, record: SharedState) -> None:
+        next_record = self._claim_write(key, record)
+        if next_record is None:
+            return
+        client = self._loop_state().client
+        try:
+            while next_record is not None:
+                args = _set_aside_args(next_record)
+                if args is not None:
+                    await self._acall(client, _SET_ASIDE_SCRIPT, key, args)
+                next_record = self._next_write(key)
+        except BaseException:
+            self._drop_write(key)
+            raise
+
+    def clear_failure(self, key: str) -> None:
+        """The backend's breaker closed: drop its record if that record is a failure (not a throttle)."""
+        self._forget_pending_failure(key)
+        self._call(_CLEAR_FAILURE_SCRIPT, key, ())
+
+    async def aclear_failure(self, key: str) -> None:
+        self._forget_pending_failure(key)
+        await self._acall(self._loop_state().client, _CLEAR_FAILURE_SCRIPT, key, ())
+
+    # ------------------------------------------------------------------ helpers
+
+    def _call(self, script: _Script, key: str, args: Sequence[bytes | int]) -> None:
+        ticket = self._health.gate()
+        if ticket == _SKIP:
+            return
+        try:
+            script.call(self._sync_client(), (self._key(key),), args)
+        except Exception as exc:
+            self._health.failed(ticket, exc)
+            return
+        self._health.ok(ticket)
+
+    async def _acall(self, client: Any, script: _Script, key: str, args: Sequence[bytes | int]) -> None:
+        ticket = self._health.gate()
+        if ticket == _SKIP:
+            return
+        try:
+            await script.acall(client, (self._key(key),), args)
+        except Exception as exc:
+            self._health.failed(ticket, exc)
+            return
+        self._health.ok(ticket)
+
+    def _claim_write(self, key: str, record: SharedState) -> SharedState | None:
+        """``record`` if the caller is to write it now; None if a write of ``key`` is under way, which
+        then writes ``record`` next unless a later deadline is already waiting."""
+        with self._lock:
+            slot = self._writes.get(key)
+            if slot is None:
+                self._writes[key] = _WriteSlot()
+                return record
+            until = time.monotonic() + record.cooling_s
+            if slot.pending is None or until > slot.pending_until:
+                slot.pending, slot.pending_until = record, until
+            return None
+
+    def _next_write(self, key: str) -> SharedState | None:
+        """What the writer of ``key`` writes next (its cooldown counted from now), or None: it is done."""
+        with self._lock:
+            slot = self._writes[key]
+            record, until = slot.pending, slot.pending_until
+            slot.pending = None
+            if record is None:
+                del self._writes[key]
+                return None
+        cooling_s = until - time.monotonic()
+        if cooling_s <= 0:
+            return self._next_write(key)
+        return SharedState(
+            cooling_s, record.reason, record.failures, record.remaining_requests, record.remaining_tokens
+        )
+
+    def _drop_write(self, key: str) -> None:
+        with self._lock:
+            self._writes.pop(key, None)
+
+    def _forget_pending_failure(self, key: str) -> None:
+        with self._lock:
+            slot = self._writes.get(key)
+            if slot is not None and slot.pending is not None and slot.pending.reason == "failed":
+                slot.pending = None
+
+    def _key(self, key: str) -> bytes:
+        full = self._key_cache.get(key)
+        if full is None:
+            full = self._prefix_bytes + key.encode()
+            if len(self._key_cache) < 4096:
+                self._key_cache[key] = full
+        return full
+
+    def _keys(self, keys: Sequence[str]) -> list[bytes]:
+        return [self._key(k) for k in keys]
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the URL's password (as given and percent-decoded)."""
+        for secret in _secrets_of(self._url):
+            text = text.replace(secret, "***")
+        return text
+
+
+# ---------------------------------------------------------------------- encoding
+
+
+def _set_aside_args(record: SharedState) -> tuple[int, bytes] | None:
+    """The script's arguments for ``record``: cooldown in microseconds, and the rest of the value."""
+    cooling = record.cooling_s
+    if not (isinstance(cooling, int | float) and math.isfinite(cooling) and cooling > 0):
+        return None
+    reason = record.reason
+    if reason not in ("throttled", "failed", "exhausted"):
+        return None
+    tail = f" {reason} {max(int(record.failures), 0)} {_opt(record.remaining_requests)} "
+    tail += _opt(record.remaining_tokens)
+    return max(math.ceil(cooling * 1_000_000), 1), tail.encode()
+
+
+def _opt(value: int | None) -> str:
+    return "-" if value is None else str(int(value))
+
+
+def _parse_load(reply: Any, count: int) -> list[SharedState | None]:
+    now_us = int(reply[0]) * 1_000_000 + int(reply[1])
+    values = reply[2:]
+    return [_parse_value(values[i] if i < len(values) else None, now_us) for i in range(count)]
+
+
+def _parse_value(value: Any, now_us: int) -> SharedState | None:
+    """A stored value as a record, None when it is absent, expired or not one of ours."""
+    if not isinstance(value, bytes | str):
+        return None
+    raw = value.encode() if isinstance(value, str) else value
+    parts = raw.split(b" ")
+    if len(parts) != 5:
+        return None
+    deadline, reason_b, failures, requests, tokens = parts
+    reason = _REASONS.get(reason_b)
+    if reason is None or not deadline.isdigit() or not failures.isdigit():
+        return None
+    remaining_us = int(deadline) - now_us
+    if remaining_us <= 0:
+        return None
+    return SharedState(
+        remaining_us / 1_000_000, reason, int(failures), _int_or_none(requests), _int_or_none(tokens)
+    )
+
+
+def _int_or_none(value: bytes) -> int | None:
+    return int(value) if value.isdigit() else None
+
+
+# ---------------------------------------------------------------------- no secret in logs or repr
+
+
+def _redact_url(url: str) -> str:
+    """``url`` with its password (in the userinfo or the query) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user, sep, _ = userinfo.partition(":")
+            # A lone userinfo may be a password written without its colon: hide it all.
+            netloc = f"{user}:***@{host}" if sep and user else f"***@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode(
+                [(k, "***" if k.lower() in ("password", "username") else v) for k, v in pairs], safe="*"
+            )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "<unparsable redis URL>"
+
+
+def _secrets_of(url: str | None) -> list[str]:
+    if url is None:
+        return []
+    try:
+        parts = urlsplit(url)
+        found = [parts.password, parts.username if parts.password is None else None]
+        found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+    except ValueError:
+        return []
+    secrets = {s for s in found if s}
+    secrets |= {unquote(s) for s in secrets}
+    return sorted((s for s in secrets if len(s) >= 3), key=len, reverse=True)
+
+
+def _timeouts_of(client: Any) -> float:
+    """The longest a call of a given client can take, from its timeouts (default when unbounded)."""
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        timeouts = [kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout")]
+        if all(isinstance(t, int | float) and t > 0 for t in timeouts):
+            return 2 * float(sum(timeouts))
+    except Exception:
+        pass
+    return _DEFAULT_WAIT_S
+
+
+def _describe_client(client: Any) -> str:
+    """host:port/db of a client, for logs: from its pool's settings, never its password."""
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+    except Exception:
+        return type(client).__name__
