@@ -1,0 +1,185 @@
+"""Helpers of the Redis suite: a hand-driven clock, scripted backends, log counting."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    import pytest
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent.parent / "src"
+LOGGER = "openai-priority-loadbalancer"
+URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Backends:
+    """The handler of an ``httpx.MockTransport``: 200 from every host, or a 429 for hosts told to throttle.
+
+    Counts the attempts each host received. ``throttle(host, seconds)`` makes that host answer the next
+    request with a 429 carrying ``retry-after-ms``.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.hits: Counter[str] = Counter()
+        self.pending_429: dict[str, float] = {}
+
+    def throttle(self, host: str, seconds: float) -> None:
+        with self.lock:
+            self.pending_429[host] = seconds
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        with self.lock:
+            self.hits[host] += 1
+            cooldown = self.pending_429.pop(host, None)
+        if cooldown is not None:
+            return httpx.Response(
+                429, headers={"retry-after-ms": str(int(cooldown * 1000))}, json={"error": {"code": "429"}}
+            )
+        return httpx.Response(200, json={"host": host})
+
+
+def records(caplog: pytest.LogCaptureFixture, level: int, contains: str = "") -> list[logging.LogRecord]:
+    """The balancer logger's records at exactly ``level`` whose message contains ``contains``."""
+    return [
+        r for r in caplog.records if r.name == LOGGER and r.levelno == level and contains in r.getMessage()
+    ]
+
+
+def text_of(caplog: pytest.LogCaptureFixture) -> str:
+    """Everything logged, formatted, tracebacks included."""
+    parts: list[str] = []
+    for r in caplog.records:
+        parts.append(r.getMessage())
+        if r.exc_info:
+            parts.append(logging.Formatter().formatException(r.exc_info))
+    return "\n".join(parts)
+
+
+def served(response: Any) -> str:
+    return str(response.json()["host"])
+
+
+# ---------------------------------------------------------------------- a real redis-server
+
+_READY_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One ``redis-server`` process on ``127.0.0.1:port``; ``kill()`` and ``start()`` keep the port."""
+
+    def __init__(self, binary: str, directory: Path, *, password: str | None = None) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.password = password
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._inspector: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        assert self.process is None, "already running"
+        log = self.directory / f"redis-{self.port}.log"
+        command = [self.binary, "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        command += ["--bind", "127.0.0.1", "--dir", str(self.directory), "--logfile", str(log)]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while not _ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{text[-2000:]}")
+            time.sleep(0.01)
+        return self
+
+    def _drop_inspector(self) -> None:
+        if self._inspector is not None:
+            self._inspector.close()
+            self._inspector = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes mid-conversation, as a crashed or unplugged one does."""
+        self._drop_inspector()
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(5)
+            self.process = None
+
+    def stop(self) -> None:
+        """SHUTDOWN NOSAVE (at once, where SIGTERM waits for the server's next tick), else SIGKILL."""
+        self._drop_inspector()
+        if self.process is not None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1) as s:
+                auth = f"AUTH {self.password}\r\n" if self.password else ""
+                s.sendall(f"{auth}SHUTDOWN NOSAVE\r\n".encode())
+            try:
+                self.process.wait(2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+            self.process = None
+
+    def stats(self) -> dict[str, int]:
+        """``INFO commandstats`` as {command: calls}, from one connection kept for it (made on first use).
+
+        Redis counts the commands a script runs as well as the EVALSHA that ran it.
+        """
+        import redis
+
+        if self._inspector is None:
+            self._inspector = redis.Redis(port=self.port, password=self.password)
+            self._inspector.ping()
+        info = self._inspector.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in info.items()}
+
+
+def commands_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The commands run between two :meth:`RedisServer.stats` readings, the INFO between them excluded."""
+    delta = {name: after[name] - before.get(name, 0) for name in after}
+    return {name: n for name, n in delta.items() if n and name != "info"}
