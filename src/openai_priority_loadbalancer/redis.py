@@ -21,7 +21,8 @@ the cooldown: a record disappears by itself when the backend may take requests a
   cooldown written at the same moment by another process never overwrites a longer one.
 * ``clear_failure`` deletes the record only if its reason is ``failed`` (one script, atomic).
 
-Fail open: socket timeouts are short (50 ms by default) and redis-py's own retries are off. On any
+Fail open: socket timeouts are short (50 ms by default), and redis-py retries only a connection error,
+once (a pooled connection that outlived a Redis restart), never a timeout. On any
 error the store logs one WARNING, answers "nothing shared" at once for a backoff (0.5 s, doubling up
 to 30 s) while the balancer runs on its local state, then lets one call try again; when that works it
 logs one INFO and sharing resumes. A request never fails because of the store, and waits at most one
@@ -41,12 +42,13 @@ import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 try:
     import redis.asyncio  # binds ``redis`` too
     from redis.asyncio.retry import Retry as _AsyncRetry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as _ConnectionError
     from redis.exceptions import NoScriptError
     from redis.retry import Retry as _Retry
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess without redis
@@ -67,6 +69,9 @@ DEFAULT_PREFIX: Final = "oplb:"
 DEFAULT_TIMEOUT_S: Final = 0.05
 DEFAULT_BACKOFF_S: Final = 0.5
 DEFAULT_BACKOFF_MAX_S: Final = 30.0
+# redis-py retries once, at once, on a connection error: a connection pooled before Redis restarted
+# fails on first use and is made again. Never on a timeout: a slow Redis costs one timeout, no more.
+_RETRIED: Final = (_ConnectionError,)
 # How long a thread waits for another thread's load when the client's timeouts are unknown.
 _DEFAULT_WAIT_S: Final = 1.0
 
@@ -356,8 +361,9 @@ class RedisStateStore:
         """A store on the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
 
         Its clients are made on first need, with ``socket_timeout`` for reads and
-        ``socket_connect_timeout`` (default: ``socket_timeout``) for connecting, and redis-py's
-        retries off; other keyword arguments go to ``redis.Redis.from_url`` (and its asyncio twin).
+        ``socket_connect_timeout`` (default: ``socket_timeout``) for connecting, and one immediate
+        retry on a connection error only; other keyword arguments go to ``redis.Redis.from_url``
+        (and its asyncio twin).
 
         Raises:
             ValueError: ``url`` is not a Redis URL, or a timeout is not a positive number.
@@ -425,7 +431,7 @@ class RedisStateStore:
                 if client is None:
                     if self._url is None:
                         raise TypeError("RedisStateStore has no sync client")
-                    options = {"retry": _Retry(NoBackoff(), 0), **self._options}
+                    options = {"retry": _Retry(NoBackoff(), 1, _RETRIED), **self._options}
                     client = self._client = redis.Redis.from_url(self._url, **options)
         return client
 
@@ -439,7 +445,7 @@ class RedisStateStore:
                 if client is None:
                     if self._url is None:
                         raise TypeError("RedisStateStore has no asyncio client")
-                    options = {"retry": _AsyncRetry(NoBackoff(), 0), **self._options}
+                    options = {"retry": _AsyncRetry(NoBackoff(), 1, _RETRIED), **self._options}
                     client = redis.asyncio.Redis.from_url(self._url, **options)
                 state = self._loops[loop] = _LoopState(client)
         return state
@@ -710,7 +716,7 @@ def _redact_url(url: str) -> str:
             query = urlencode(
                 [(k, "***" if k.lower() in ("password", "username") else v) for k, v in pairs], safe="*"
             )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
     except ValueError:
         return "<unparsable redis URL>"
 
