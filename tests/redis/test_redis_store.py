@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import httpx
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.redis
 
 KEY = "https://eastus.example:443/"
+BACKENDS = [Backend("a.example", 1), Backend("b.example", 1), Backend("c.example", 2)]
 
 
 @pytest.fixture
@@ -337,6 +340,44 @@ def test_a_throttled_backend_costs_one_write(redis_server: RedisServer) -> None:
     store.close()
     # Load, 429 from a, write a's record (keeping the later deadline: read, then write), load, b answers.
     assert commands_between(before, after) == {"evalsha": 3, "time": 3, "mget": 2, "get": 1, "set": 1}
+
+
+def _store_connections(server: RedisServer) -> int:
+    server.stats()  # makes the inspecting connection, if not yet made
+    return int(server._inspector.info("clients")["connected_clients"]) - 1
+
+
+async def test_a_burst_of_tasks_on_a_cold_store_opens_few_connections(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 requests at once share the loads in flight instead of opening 300 connections, more than
+    redis-py's pool of 100. (The timeout is raised here: a loop busy with 300 requests at once can lag
+    past 50 ms, which an asyncio timeout counts too.)"""
+    store = RedisStateStore.from_url(redis_server.url, socket_timeout=0.5)
+    handler = Backends()
+    lb = AsyncLoadBalancer(BACKENDS, transport=httpx.MockTransport(handler), state=store)
+    async with httpx.AsyncClient(transport=lb) as client:
+        handler.throttle("a.example", 5.0)
+        responses = await asyncio.gather(*(client.post(URL, json={}) for _ in range(300)))
+    assert [r.status_code for r in responses] == [200] * 300
+    assert _store_connections(redis_server) <= 4
+    await store.aclose()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_burst_of_threads_opens_few_connections(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStateStore.from_url(redis_server.url, socket_timeout=0.5)
+    handler = Backends()
+    lb = LoadBalancer(BACKENDS, transport=httpx.MockTransport(handler), state=store)
+    with httpx.Client(transport=lb) as client, ThreadPoolExecutor(32) as pool:
+        handler.throttle("a.example", 5.0)
+        statuses = list(pool.map(lambda _: client.post(URL, json={}).status_code, range(320)))
+    assert statuses == [200] * 320
+    assert _store_connections(redis_server) <= 8
+    store.close()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_load_overhead_on_loopback(store: RedisStateStore) -> None:
