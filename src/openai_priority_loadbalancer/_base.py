@@ -264,9 +264,10 @@ class BaseLoadBalancer:
                 raise
             elapsed = self._clock() - now
             attempts.append(Attempt(backend.id, response.status_code, None, elapsed))
-            keep, share = self._on_response(state, probe, seq, response, now)
-            if share is not None:
-                yield (SHARE, share)
+            keep, shares = self._on_response(state, probe, seq, response, now)
+            if shares:
+                for share in shares:
+                    yield (SHARE, share)
             if keep:
                 response.extensions[EXTENSION] = Routing(backend.id, tuple(attempts))
                 if self._backend_header is not None:
@@ -425,23 +426,28 @@ class BaseLoadBalancer:
 
     def _on_response(
         self, state: BackendState, probe: bool, seq: int, response: Response, started: float
-    ) -> tuple[bool, Share | None]:
+    ) -> tuple[bool, list[Share] | None]:
         """Record ``response``. Returns whether it goes to the caller (else: discard it, try another
-        backend), and what to tell a shared store, if anything."""
+        backend), and what to tell the shared store (None without one)."""
         status = response.status_code
         headers = response.headers
         now = self._clock()
         recovered = 0
-        share: Share | None = None
+        shares: list[Share] | None = [] if self._store is not None else None
         with self._lock:
             state.in_flight -= 1
             if probe:
                 state.probing = False
             state.probe_first = False
             state.add_latency(now - started)
+            if state.failures and status not in _RETRY_STATUSES:
+                # It answered: whatever the answer says of the request, the backend is up again.
+                logger.info("backend recovered backend=%s status=%d", state.backend.id, status)
+                recovered, state.failures = state.failures, 0
+                if shares is not None:
+                    shares.append(("clear_failure", (self._shared_keys[state.index],)))
             if status == 429:
                 state.throttled += 1
-                state.failures = 0
                 info = read_rate_limit(
                     headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s
                 )
@@ -455,8 +461,8 @@ class BaseLoadBalancer:
                 state.refill(state.cooling_until + self._default_cooldown_s)
                 keep = False
                 event: Event = ThrottledEvent(self._wall_clock(), state.backend.id, cooldown, now - started)
-                if self._store is not None:
-                    share = self._set_aside_record(state, "throttled", cooldown)
+                if shares is not None:
+                    shares.append(self._set_aside_record(state, "throttled", cooldown))
             elif status in _RETRY_STATUSES:
                 # Only Retry-After counts on a 5xx: a reset header there speaks of the budget, not the outage.
                 retry = {k: v for k in ("retry-after-ms", "retry-after") if (v := headers.get(k)) is not None}
@@ -465,21 +471,16 @@ class BaseLoadBalancer:
                 )
                 event = self._fail(state, now, info.cooldown_s or 0.0, str(status), started)
                 keep = False
-                if self._store is not None:
-                    share = self._set_aside_record(state, "failed", event.cooldown_s)
+                if shares is not None:
+                    shares.append(self._set_aside_record(state, "failed", event.cooldown_s))
             else:
                 keep = True
                 if status < 400:
                     state.successes += 1
-                if state.failures:
-                    logger.info("backend recovered backend=%s status=%d", state.backend.id, status)
-                    recovered, state.failures = state.failures, 0
-                    if self._store is not None:
-                        share = ("clear_failure", (self._shared_keys[state.index],))
                 if "x-ratelimit-remaining-requests" in headers or "x-ratelimit-remaining-tokens" in headers:
-                    reset = self._note_budget(state, seq, headers, now)
-                    if reset is not None and self._store is not None:
-                        share = self._set_aside_record(state, "exhausted", reset)
+                    spent = self._note_budget(state, seq, headers, started)
+                    if spent is not None and shares is not None:
+                        shares.append(self._set_aside_record(state, "exhausted", *spent))
                 elif status < 400:
                     # It took a request and says nothing of its budget: no belief that it is spent survives.
                     state.forget_budget()
@@ -488,28 +489,43 @@ class BaseLoadBalancer:
             self._emit(event)
             if recovered:
                 self._emit(RecoveredEvent(self._wall_clock(), state.backend.id, recovered))
-        return keep, share
+        return keep, shares
 
-    def _set_aside_record(self, state: BackendState, reason: Reason, cooldown_s: float) -> Share:
-        record = SharedState(
-            cooldown_s, reason, state.failures, state.remaining_requests, state.remaining_tokens
-        )
+    def _set_aside_record(
+        self,
+        state: BackendState,
+        reason: Reason,
+        cooldown_s: float,
+        remaining_requests: int | None = None,
+        remaining_tokens: int | None = None,
+    ) -> Share:
+        record = SharedState(cooldown_s, reason, state.failures, remaining_requests, remaining_tokens)
         return ("set_aside", (self._shared_keys[state.index], record))
 
-    def _note_budget(self, state: BackendState, seq: int, headers: Any, now: float) -> float | None:
+    def _note_budget(
+        self, state: BackendState, seq: int, headers: Any, sent_at: float
+    ) -> tuple[float, int | None, int | None] | None:
         """Remember the budget a success reported; set the backend aside until a known reset if it is spent.
 
-        ``seq`` numbers the attempt among those sent to the backend: what it reports ages by the
-        attempts sent after it, and a report older than the one kept is ignored. A report is believed
-        until its reset, or for ``default_cooldown_s`` when it names none.
+        ``seq`` numbers the attempt among those sent to the backend; a report older than the one kept
+        is ignored. The report counts what the backend admitted before this attempt, and a backend
+        may admit concurrent attempts in any order: the attempts still in flight are taken off it,
+        and those sent afterwards as they go. It is believed until its reset, or for
+        ``default_cooldown_s`` when it names none. The backend computed its reset when it admitted
+        the attempt, so the reset counts from ``sent_at``, not from the (later) answer.
 
-        Returns the seconds the backend was set aside for, if it was.
+        Returns, if the backend was set aside: for how long, and the remaining requests and tokens
+        it reported.
         """
         info = read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
-        if seq < state.remaining_seq:
+        if seq < state.report_seq:
             return None
-        state.remaining_seq = seq
-        state.remaining_requests = info.remaining_requests
+        now = sent_at
+        state.report_seq = seq
+        state.remaining_seq = state.sent
+        state.remaining_requests = (
+            None if info.remaining_requests is None else max(0, info.remaining_requests - state.in_flight)
+        )
         state.remaining_tokens = info.remaining_tokens
         state.limit_requests = _int_header(headers, "x-ratelimit-limit-requests", state.limit_requests)
         reset = (
@@ -519,7 +535,7 @@ class BaseLoadBalancer:
         if reset and state.budget_exhausted(now):
             self._set_aside(state, now, reset, "exhausted", None)
             state.refill(state.cooling_until + self._default_cooldown_s)
-            return reset
+            return reset, info.remaining_requests, info.remaining_tokens
         return None
 
     def _on_error(

@@ -41,6 +41,7 @@ class BackendState:
         "remaining_requests",
         "remaining_seq",
         "remaining_tokens",
+        "report_seq",
         "requests",
         "sent",
         "successes",
@@ -66,10 +67,13 @@ class BackendState:
         self.remaining_requests: int | None = None
         self.remaining_tokens: int | None = None
         self.remaining_seq = 0
+        #: The number of the attempt whose report is kept: reports of earlier attempts are ignored.
+        self.report_seq = 0
         #: Monotonic time after which the remaining-* report is too old to believe (its window has reset).
         self.budget_expires = math.inf
-        #: True after a window ended with the budget unknown: one request at a time until one answers.
-        self.probe_first = False
+        #: True while the budget is unknown (before the first answer, and after a window ended with the
+        #: limit unknown): one request at a time until one answers, rather than a burst into 429s.
+        self.probe_first = True
         #: Last x-ratelimit-limit-requests seen: the budget a fresh window brings (None: unknown).
         self.limit_requests: int | None = None
         self.requests = 0
@@ -94,7 +98,7 @@ class BackendState:
         after the cooldown goes alone and its answer tells how much there is.
         """
         self.remaining_tokens = None
-        self.remaining_seq = self.sent
+        self.remaining_seq = self.report_seq = self.sent
         if self.limit_requests is not None:
             self.remaining_requests = self.limit_requests
             self.budget_expires = expires
@@ -108,10 +112,13 @@ class BackendState:
         self.remaining_requests = self.remaining_tokens = None
         self.budget_expires = math.inf
 
-    def believed_remaining_requests(self) -> int | None:
+    def believed_budget(self, now: float) -> tuple[int | None, int | None]:
+        """The remaining requests (reported, less sent since) and tokens believed now; None: unknown."""
+        if now >= self.budget_expires:
+            return (self.limit_requests if self.remaining_requests is not None else None), None
         if self.remaining_requests is None:
-            return None
-        return max(0, self.remaining_requests - (self.sent - self.remaining_seq))
+            return None, self.remaining_tokens
+        return max(0, self.remaining_requests - (self.sent - self.remaining_seq)), self.remaining_tokens
 
     def breaker(self, now: float) -> BreakerState:
         if self.failures == 0:

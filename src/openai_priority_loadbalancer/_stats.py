@@ -116,6 +116,7 @@ def _optional(value: float | None, fmt: str) -> str:
 
 def snapshot(s: BackendState, now: float) -> BackendStats:
     latencies = sorted(s.latencies)
+    remaining_requests, remaining_tokens = s.believed_budget(now)
     return BackendStats(
         backend=s.backend.id,
         priority=s.backend.priority,
@@ -128,8 +129,8 @@ def snapshot(s: BackendState, now: float) -> BackendStats:
         breaker=s.breaker(now),
         latency_p50_ms=_percentile(latencies, 0.5) if latencies else None,
         latency_p95_ms=_percentile(latencies, 0.95) if latencies else None,
-        remaining_requests=s.believed_remaining_requests(),
-        remaining_tokens=s.remaining_tokens,
+        remaining_requests=remaining_requests,
+        remaining_tokens=remaining_tokens,
     )
 
 

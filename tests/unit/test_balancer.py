@@ -1246,3 +1246,56 @@ def test_one_balancer_serves_httpx_and_httpx2_clients(fake_inners: list[_FakeInn
 def test_async_class_is_not_a_sync_transport(module: Any) -> None:
     lb = AsyncLoadBalancer([Backend(A, 1)], transport=module.MockTransport(lambda r: module.Response(200)))
     assert not isinstance(lb, module.BaseTransport)
+
+
+# ---------------------------------------------------------------------- budgets under concurrency
+
+
+def test_a_backend_never_heard_from_takes_one_request_first(
+    make_lb: MakeLb, router: Any, client_for: Any, lib: Any
+) -> None:
+    """Its budget is unknown: a burst would land in 429s, so the first request goes alone."""
+    entered, release = threading.Event(), threading.Event()
+    router.script(A, held(lib, entered, release))
+    client = client_for(make_lb([Backend(A, 1), Backend(B, 2)]))
+    thread, result = run_in_thread(lambda: post(client))
+    assert entered.wait(WAIT)
+    assert routing(post(client)).backend == B  # A's first answer is not in yet
+    release.set()
+    thread.join(WAIT)
+    assert routing(result[0]).backend == A
+    assert routing(post(client)).backend == A  # it answered: A serves freely again
+
+
+def test_a_report_is_taken_as_counting_none_of_the_attempts_still_in_flight(
+    make_lb: MakeLb, router: Any, client_for: Any, lib: Any
+) -> None:
+    """A backend admits concurrent attempts in any order: "2 remaining" with 2 others out may mean 0."""
+    first = [threading.Event(), threading.Event()]
+    second = [threading.Event(), threading.Event()]
+    budget = {"x-ratelimit-remaining-requests": "2", "x-ratelimit-limit-requests": "10"}
+
+    def reports(request: Any) -> Any:
+        return lib.Response(200, headers=budget, json={"host": request.url.host})
+
+    router.script(
+        A,
+        (200, {"x-ratelimit-remaining-requests": "9"}),
+        held(lib, *first),
+        held(lib, *second),
+        reports,
+    )
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    client = client_for(lb)
+    post(client)  # A's first answer: plenty left
+    threads = []
+    for entered, _ in (first, second):
+        threads.append(run_in_thread(lambda: post(client)))
+        assert entered.wait(WAIT)
+    assert routing(post(client)).backend == A  # reports 2 remaining, with 2 still out
+    assert stats_by_id(lb)[A].remaining_requests == 0
+    assert routing(post(client)).backend == B  # believed spent while attempts are out: not A
+    for _, release in (first, second):
+        release.set()
+    for thread, _ in threads:
+        thread.join(WAIT)

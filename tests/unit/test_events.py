@@ -198,11 +198,6 @@ def test_breaker_backoff_and_recovery_after_two_failures(
     assert rec.events[-2:] == [rec.of("served")[-1], rec.of("recovered")[0]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a half-open probe answered with 429 closes the breaker (failures reset to 0) "
-    "without a RecoveredEvent",
-)
 def test_probe_answered_with_429_reports_the_breaker_closing(
     make_lb: MakeLb, router: Any, lib: Any, clock: Any
 ) -> None:
@@ -507,11 +502,6 @@ def test_spent_budget_without_reset_is_believed_for_default_cooldown(
     assert stats_by_id(lb)[A].remaining_requests is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: stats() reports a remaining_requests of 0 that is no longer believed (aged out) "
-    "until the next request happens to re-rank the backend",
-)
 def test_stats_stop_reporting_an_aged_out_budget(make_lb: MakeLb, router: Any, lib: Any, clock: Any) -> None:
     router.script(A, (200, {"x-ratelimit-remaining-requests": "0"}))
     lb = make_lb([Backend(A, 1)], default_cooldown_s=3)

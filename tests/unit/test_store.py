@@ -377,12 +377,6 @@ def test_a_spent_budget_with_a_reset_is_shared(make_lb: MakeLb, router: Any, lib
         assert router.hosts == [B]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the shared 'exhausted' record carries remaining_requests=None, not the 0 the backend "
-    "reported (SharedState documents 'the last x-ratelimit-remaining-requests seen'): _note_budget "
-    "refills the state before _set_aside_record copies it",
-)
 def test_a_shared_spent_budget_names_what_was_seen(
     make_lb: MakeLb, router: Any, lib: Any, clock: Any
 ) -> None:
@@ -449,12 +443,6 @@ def test_a_breaker_closing_keeps_a_shared_throttle(
     assert router.hosts == [B, B]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when the response that closes a breaker also reports a spent budget with a reset, "
-    "_on_response replaces the clear_failure share with the exhausted set_aside, so the shared "
-    "failure record is not cleared",
-)
 def test_a_breaker_closing_clears_the_shared_failure_when_the_budget_is_spent(
     make_lb: MakeLb, router: Any, lib: Any, clock: Any
 ) -> None:
