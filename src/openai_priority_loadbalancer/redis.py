@@ -115,7 +115,6 @@ _REASONS: Final[dict[bytes, Reason]] = {
     b"failed": "failed",
     b"exhausted": "exhausted",
 }
-_NONE: Final = b"-"
 
 Ticket = Literal[0, 1, 2]
 _SKIP: Final = 0  # Redis is being left alone: answer "nothing shared" at once
@@ -469,24 +468,25 @@ class RedisStateStore:
 
     # ------------------------------------------------------------------ the StateStore protocol
 
-    def load(self, keys: Sequence[str]) -> list[SharedState | None] | None:
-        """Every key's live record (None where there is none); None while Redis is unavailable."""
+    def load(self, keys: Sequence[str]) -> list[SharedState | None]:
+        """Every key's live record, None where there is none (everywhere while Redis is unavailable)."""
         token = tuple(keys)
         with self._lock:
             flight = self._flights.get(token)
             leader = flight is None
             if flight is None:
                 flight = self._flights[token] = _Flight()
-        if not leader:
+        if leader:
+            try:
+                flight.result = self._load_now(keys)
+            finally:
+                with self._lock:
+                    del self._flights[token]
+                flight.done.set()
+        else:
             flight.done.wait(self._wait_s)
-            return flight.result
-        try:
-            flight.result = self._load_now(keys)
-        finally:
-            with self._lock:
-                del self._flights[token]
-            flight.done.set()
-        return flight.result
+        result = flight.result
+        return result if result is not None else [None] * len(keys)
 
     def _load_now(self, keys: Sequence[str]) -> list[SharedState | None] | None:
         ticket = self._health.gate()
@@ -501,20 +501,21 @@ class RedisStateStore:
         self._health.ok(ticket)
         return result
 
-    async def aload(self, keys: Sequence[str]) -> list[SharedState | None] | None:
+    async def aload(self, keys: Sequence[str]) -> list[SharedState | None]:
         state = self._loop_state()
         token = tuple(keys)
         flight = state.flights.get(token)
         if flight is not None:
-            return await asyncio.shield(flight)
-        flight = state.flights[token] = asyncio.get_running_loop().create_future()
-        result: list[SharedState | None] | None = None
-        try:
-            result = await self._aload_now(state.client, keys)
-        finally:
-            del state.flights[token]
-            flight.set_result(result)
-        return result
+            result = await asyncio.shield(flight)
+        else:
+            flight = state.flights[token] = asyncio.get_running_loop().create_future()
+            result = None
+            try:
+                result = await self._aload_now(state.client, keys)
+            finally:
+                del state.flights[token]
+                flight.set_result(result)
+        return result if result is not None else [None] * len(keys)
 
     async def _aload_now(self, client: Any, keys: Sequence[str]) -> list[SharedState | None] | None:
         ticket = self._health.gate()

@@ -124,23 +124,23 @@ def test_the_backoff_leaves_redis_alone_then_one_call_retries(
     clock = FakeClock()
     store = RedisStateStore.from_url(dropping.url, clock=clock)
     keys = [KEY_A]
-    assert store.load(keys) is None
+    assert store.load(keys) == [None]
     time.sleep(0.02)
     # A connection dropped at once is retried once, at once (a pooled connection may be stale).
     per_call = tried = dropping.accepted
     assert per_call == 2
     for _ in range(100):
-        assert store.load(keys) is None
+        assert store.load(keys) == [None]
         store.set_aside(KEY_A, SharedState(1.0, "throttled", 0))
         store.clear_failure(KEY_A)
     assert dropping.accepted == tried  # within the backoff: not even a connection
     for wait, expected_backoff in ((0.5, "1.0"), (1.0, "2.0"), (2.0, "4.0")):
         clock.advance(wait - 0.01)
-        assert store.load(keys) is None
+        assert store.load(keys) == [None]
         assert dropping.accepted == tried, "too early"
         clock.advance(0.01)
         for _ in range(20):
-            assert store.load(keys) is None  # the first one probes; the next ones skip again
+            assert store.load(keys) == [None]  # the first one probes; the next ones skip again
         time.sleep(0.02)  # let the listener count the probe's connection
         assert dropping.accepted == tried + per_call
         tried = dropping.accepted
@@ -228,8 +228,8 @@ def _phases(
 
 
 def _shared(store: RedisStateStore, key: str) -> bool:
-    loaded = store.load([key])
-    return loaded is not None and loaded[0] is not None and loaded[0].cooling_s > 4.0
+    record = store.load([key])[0]
+    return record is not None and record.cooling_s > 4.0
 
 
 def _other_process_avoids_a(server: RedisServer, handler: Backends) -> None:
@@ -319,7 +319,7 @@ def test_no_password_in_repr_or_logs(
     url: str, dropping: Listener, log: pytest.LogCaptureFixture, redis_server: RedisServer
 ) -> None:
     store = RedisStateStore.from_url(url.format(port=dropping.port))
-    assert store.load([KEY_A]) is None
+    assert store.load([KEY_A]) == [None]
     store.close()
     text = repr(store) + "\n" + text_of(log)
     assert "shared state store unavailable" in text
@@ -339,11 +339,9 @@ def test_a_wrong_password_is_not_logged(
     try:
         good = RedisStateStore.from_url(f"redis://:right-Passw0rd-123@127.0.0.1:{server.port}/0")
         good.set_aside(KEY_A, SharedState(5.0, "throttled", 0))
-        loaded = good.load([KEY_A])
-        assert loaded is not None
-        assert loaded[0] is not None
+        assert good.load([KEY_A])[0] is not None
         bad = RedisStateStore.from_url(f"redis://default:wrong-Passw0rd-456@127.0.0.1:{server.port}/0")
-        assert bad.load([KEY_A]) is None
+        assert bad.load([KEY_A]) == [None]
         good.close()
         bad.close()
     finally:

@@ -58,7 +58,7 @@ def test_nothing_stored_loads_as_none(store: RedisStateStore) -> None:
 def test_a_record_round_trips(store: RedisStateStore, raw: redis.Redis) -> None:
     store.set_aside(KEY, SharedState(5.0, "exhausted", 0, 0, 1200))
     store.set_aside("https://b:443/", SharedState(2.0, "failed", 3))
-    a, b, none = store.load([KEY, "https://b:443/", "https://c:443/"])  # type: ignore[misc]
+    a, b, none = store.load([KEY, "https://b:443/", "https://c:443/"])
 
     assert a is not None
     assert b is not None
@@ -76,7 +76,7 @@ def test_the_ttl_is_the_cooldown_and_an_expired_record_is_gone(
 ) -> None:
     store.set_aside(KEY, SharedState(0.08, "throttled", 0))
     assert 0 < raw.pttl("oplb:" + KEY) <= 80
-    assert store.load([KEY])[0] is not None  # type: ignore[index]
+    assert store.load([KEY])[0] is not None
     time.sleep(0.1)
     assert store.load([KEY]) == [None]
     assert raw.exists("oplb:" + KEY) == 0
@@ -114,7 +114,7 @@ def test_values_it_did_not_write_are_ignored(store: RedisStateStore, raw: redis.
 def test_a_shorter_cooldown_never_replaces_a_longer_one(store: RedisStateStore) -> None:
     store.set_aside(KEY, SharedState(10.0, "failed", 4))
     store.set_aside(KEY, SharedState(1.0, "throttled", 0, 7))
-    record = store.load([KEY])[0]  # type: ignore[index]
+    record = store.load([KEY])[0]
     assert record is not None
     assert record.cooling_s > 9.0
     assert (record.reason, record.failures, record.remaining_requests) == ("failed", 4, None)
@@ -123,7 +123,7 @@ def test_a_shorter_cooldown_never_replaces_a_longer_one(store: RedisStateStore) 
 def test_a_longer_cooldown_replaces_a_shorter_one(store: RedisStateStore, raw: redis.Redis) -> None:
     store.set_aside(KEY, SharedState(1.0, "throttled", 0))
     store.set_aside(KEY, SharedState(10.0, "failed", 2))
-    record = store.load([KEY])[0]  # type: ignore[index]
+    record = store.load([KEY])[0]
     assert record is not None
     assert record.cooling_s > 9.0
     assert (record.reason, record.failures) == ("failed", 2)
@@ -152,7 +152,7 @@ def test_threads_racing_keep_the_longest_cooldown(redis_server: RedisServer) -> 
             t.start()
         for t in threads:
             t.join()
-        record = stores[0].load([key])[0]  # type: ignore[index]
+        record = stores[0].load([key])[0]
         assert record is not None
         assert (record.reason, record.failures) == ("failed", 99), round_
         assert record.cooling_s > 29.0
@@ -188,7 +188,7 @@ def test_processes_racing_keep_the_longest_cooldown(
         reports.append(json.loads(out))
     assert sum(r["writes"] for r in reports) == 4 * 200
     with contextlib.closing(RedisStateStore.from_url(redis_server.url)) as store:
-        record = store.load([KEY])[0]  # type: ignore[index]
+        record = store.load([KEY])[0]
     assert record is not None
     assert (record.reason, record.failures) == ("failed", 99)
     assert record.cooling_s > 25.0
@@ -201,7 +201,7 @@ async def test_tasks_racing_keep_the_longest_cooldown(redis_server: RedisServer)
     await asyncio.gather(
         *(store.aset_aside(KEY, SharedState(c, "failed" if c == 30.0 else "throttled", 0)) for c in cooldowns)
     )
-    record = (await store.aload([KEY]))[0]  # type: ignore[index]
+    record = (await store.aload([KEY]))[0]
     await store.aclose()
     assert record is not None
     assert record.reason == "failed"
@@ -222,7 +222,7 @@ def test_clear_failure_drops_only_a_failure(store: RedisStateStore) -> None:
         "https://none:443/",
     ):
         store.clear_failure(key)
-    failed, throttled, exhausted, none = store.load(  # type: ignore[misc]
+    failed, throttled, exhausted, none = store.load(
         ["https://failed:443/", "https://throttled:443/", "https://exhausted:443/", "https://none:443/"]
     )
     assert failed is None
@@ -243,8 +243,6 @@ async def test_the_async_methods_do_the_same(redis_server: RedisServer) -> None:
     await store.aclear_failure("https://t:443/")
     second = await store.aload([KEY, "https://t:443/"])
     await store.aclose()
-    assert first is not None
-    assert second is not None
     assert [r.reason if r else None for r in first] == ["failed", "throttled"]
     assert [r.reason if r else None for r in second] == [None, "throttled"]
 
@@ -253,15 +251,15 @@ def test_sync_and_async_sides_of_one_store_share(redis_server: RedisServer) -> N
     store = RedisStateStore.from_url(redis_server.url)
     store.set_aside(KEY, SharedState(5.0, "throttled", 0))
 
-    async def read() -> list[SharedState | None] | None:
+    async def read() -> list[SharedState | None]:
         try:
             return await store.aload([KEY])
         finally:
             await store.aclose()
 
     # Two event loops one after the other: each gets its own asyncio client.
-    assert asyncio.run(read())[0] is not None  # type: ignore[index]
-    assert asyncio.run(read())[0] is not None  # type: ignore[index]
+    assert asyncio.run(read())[0] is not None
+    assert asyncio.run(read())[0] is not None
     store.close()
 
 
@@ -285,7 +283,7 @@ def test_a_restarted_server_learns_the_script_again(
     redis_server.stop()
     redis_server.start()  # empty, no script cached
     store.set_aside(KEY, SharedState(5.0, "throttled", 0))
-    assert store.load([KEY])[0] is not None  # type: ignore[index]
+    assert store.load([KEY])[0] is not None
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
@@ -400,7 +398,7 @@ def test_existing_clients_serve_both_balancers(redis_server: RedisServer) -> Non
     store = RedisStateStore(sync_client)
     store.set_aside(KEY, SharedState(5.0, "throttled", 0))
 
-    async def read() -> list[SharedState | None] | None:
+    async def read() -> list[SharedState | None]:
         async_client = redis.asyncio.Redis(port=redis_server.port, socket_timeout=0.05)
         astore = RedisStateStore(async_client=async_client, prefix="oplb:")
         AsyncLoadBalancer([Backend("a.example", 1)], transport=httpx.MockTransport(Backends()), state=astore)
@@ -410,7 +408,7 @@ def test_existing_clients_serve_both_balancers(redis_server: RedisServer) -> Non
             await async_client.aclose()
 
     LoadBalancer([Backend("a.example", 1)], transport=httpx.MockTransport(Backends()), state=store)
-    assert asyncio.run(read())[0] is not None  # type: ignore[index]
+    assert asyncio.run(read())[0] is not None
     store.close()  # not the store's: the caller's client stays open
     assert sync_client.ping()
     sync_client.close()
