@@ -72,6 +72,8 @@ _URL_CACHE_SIZE: Final = 512
 _PROBE_POLL_S: Final = 0.02
 # The shortest wait: a backend tried by this request and free again "now" is not hammered in a loop.
 _MIN_WAIT_S: Final = 0.01
+# The longest a backend is assumed to take to admit an attempt after it is sent (one network hop).
+_ADMISSION_DELAY_S: Final = 0.05
 # Tiers up to this size are scanned whole when choosing; larger ones are sampled (see _choose).
 _SCAN_LIMIT: Final = 32
 _SAMPLE: Final = 16
@@ -478,7 +480,10 @@ class BaseLoadBalancer:
                 if status < 400:
                     state.successes += 1
                 if "x-ratelimit-remaining-requests" in headers or "x-ratelimit-remaining-tokens" in headers:
-                    spent = self._note_budget(state, seq, headers, started)
+                    # The backend admitted the attempt (and timed its reset) about one network hop
+                    # after it was sent: half the answer's time, and no more than _ADMISSION_DELAY_S.
+                    admitted = started + min((now - started) / 2, _ADMISSION_DELAY_S)
+                    spent = self._note_budget(state, seq, headers, admitted)
                     if spent is not None and shares is not None:
                         shares.append(self._set_aside_record(state, "exhausted", *spent))
                 elif status < 400:
@@ -503,7 +508,7 @@ class BaseLoadBalancer:
         return ("set_aside", (self._shared_keys[state.index], record))
 
     def _note_budget(
-        self, state: BackendState, seq: int, headers: Any, sent_at: float
+        self, state: BackendState, seq: int, headers: Any, admitted: float
     ) -> tuple[float, int | None, int | None] | None:
         """Remember the budget a success reported; set the backend aside until a known reset if it is spent.
 
@@ -512,7 +517,7 @@ class BaseLoadBalancer:
         may admit concurrent attempts in any order: the attempts still in flight are taken off it,
         and those sent afterwards as they go. It is believed until its reset, or for
         ``default_cooldown_s`` when it names none. The backend computed its reset when it admitted
-        the attempt, so the reset counts from ``sent_at``, not from the (later) answer.
+        the attempt, so the reset counts from then (``admitted``), not from the (later) answer.
 
         Returns, if the backend was set aside: for how long, and the remaining requests and tokens
         it reported.
@@ -520,7 +525,7 @@ class BaseLoadBalancer:
         info = read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
         if seq < state.report_seq:
             return None
-        now = sent_at
+        now = admitted
         state.report_seq = seq
         state.remaining_seq = state.sent
         state.remaining_requests = (
