@@ -315,9 +315,7 @@ def test_no_warning_while_redis_works(redis_server: RedisServer, log: pytest.Log
         "redis://user:Pa55%2Dw0rd%2Dsecret@127.0.0.1:{port}/0",
     ],
 )
-def test_no_password_in_repr_or_logs(
-    url: str, dropping: Listener, log: pytest.LogCaptureFixture, redis_server: RedisServer
-) -> None:
+def test_no_password_in_repr_or_logs(url: str, dropping: Listener, log: pytest.LogCaptureFixture) -> None:
     store = RedisStateStore.from_url(url.format(port=dropping.port))
     assert store.load([KEY_A]) == [None]
     store.close()

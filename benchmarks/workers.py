@@ -1,0 +1,357 @@
+"""Many workers: 4 processes sharing backends, with each its own state or one state on Redis.
+
+Production apps run several workers (gunicorn/uvicorn workers, Celery, pods). Without shared state each
+one learns that a backend is throttled by hitting it, so the backends answer more 429s than they would
+to one process doing the same work. This runs the same work three ways against the simulator and counts
+what the backends answered:
+
+* ``1 process``: one process, 192 requests, 12 at a time (the reference);
+* ``4 processes, local``: 4 processes x 48 requests, 3 at a time each, each balancer on its own state;
+* ``4 processes, Redis``: the same, the balancers sharing state through ``RedisStateStore``.
+
+Every process sends chat completions through the real openai SDK (``AzureOpenAI``, default settings:
+two retries, its own HTTP client) over a ``LoadBalancer``. The backends are three simulated instances of
+4 requests per 1 s window each (50 ms latency), all of priority 1, and in a second topology of
+priorities 1-2-2. A fresh simulator serves each run; a ``redis-server`` is started here on a free
+loopback port. Columns: ok and failed requests, wall time, the 429s the instances answered, the share of
+successes served by priority 1, and for Redis the round trips (EVALSHA calls) per request.
+
+    PYTHONPATH=src python benchmarks/workers.py            # the table (about two minutes)
+    PYTHONPATH=src python benchmarks/workers.py --quick    # a smoke run: fewer requests, judges nothing
+    PYTHONPATH=src python benchmarks/workers.py --json     # one JSON object
+    PYTHONPATH=src python benchmarks/workers.py --check    # exit 1 when a target is missed
+
+Targets: with Redis, backend 429s at most 1.2x those of one process, and no failed request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+# Benchmark the working tree, installed or not (spawned workers inherit sys.path).
+_SRC = Path(__file__).resolve().parent.parent / "src"
+if _SRC.is_dir() and str(_SRC) not in sys.path:
+    sys.path.insert(0, str(_SRC))
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Barrier
+
+RATIO_MAX = 1.2
+TOPOLOGIES: dict[str, tuple[int, ...]] = {"1-1-1": (1, 1, 1), "1-2-2": (1, 2, 2)}
+NAMES = ("eastus", "southcentralus", "westus")
+API_VERSION = "2024-10-21"
+MODEL = "gpt-4o"
+
+
+@dataclass(frozen=True)
+class Plan:
+    workers: int
+    requests: int  # per worker
+    concurrency: int  # total, split over the workers
+    rpw: int
+    runs: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker process does."""
+
+    urls: tuple[tuple[str, int], ...]  # (url, priority)
+    requests: int
+    concurrency: int
+    redis_url: str | None
+    prefix: str
+
+
+# ---------------------------------------------------------------------- the worker process
+
+
+def worker(job: Job, barrier: Barrier, results: Any) -> None:
+    """Build the SDK client and its balancer, wait for the others, send ``job.requests`` requests."""
+    import openai
+
+    from openai_priority_loadbalancer import Backend, LoadBalancer
+
+    store = None
+    if job.redis_url is not None:
+        from openai_priority_loadbalancer.redis import RedisStateStore
+
+        store = RedisStateStore.from_url(job.redis_url, prefix=job.prefix)
+    lb = LoadBalancer([Backend(url, priority) for url, priority in job.urls], state=store)
+    client = openai.AzureOpenAI(
+        azure_endpoint=job.urls[0][0],
+        api_key="simulated-key",
+        api_version=API_VERSION,
+        http_client=openai.DefaultHttpxClient(transport=lb),
+    )
+    failed: Counter[str] = Counter()
+    ok = 0
+
+    def one(i: int) -> bool:
+        try:
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"Request {i}: say hello."}]
+            )
+        except Exception as exc:  # counted by type: the benchmark reports every failure
+            failed[type(exc).__name__] += 1
+            return False
+        return True
+
+    with ThreadPoolExecutor(job.concurrency) as pool:
+        pool.submit(lambda: None).result()  # threads up before the start
+        barrier.wait()
+        ok = sum(pool.map(one, range(job.requests)))
+    client.close()
+    if store is not None:
+        store.close()
+    results.put({"ok": ok, "failed": dict(failed)})
+
+
+# ---------------------------------------------------------------------- one run
+
+
+def run(plan: Plan, topology: str, workers: int, redis: RedisServer | None, run_index: int) -> dict[str, Any]:
+    from openai_priority_loadbalancer.simulator import InstanceConfig, Simulator
+
+    priorities = TOPOLOGIES[topology]
+    configs = [InstanceConfig(n, requests_per_window=plan.rpw, window_s=1.0, latency_s=0.05) for n in NAMES]
+    ctx = multiprocessing.get_context("spawn")
+    total = plan.workers * plan.requests
+    per_worker = total // workers
+    concurrency = max(1, plan.concurrency // workers)
+    with Simulator(configs) as sim:
+        urls = tuple((sim.url(n), p) for n, p in zip(NAMES, priorities, strict=True))
+        prefix = f"oplb-bench-{os.getpid()}-{topology}-{workers}-{run_index}:"
+        job = Job(urls, per_worker, concurrency, redis.url if redis else None, prefix)
+        barrier = ctx.Barrier(workers + 1)
+        results = ctx.Queue()
+        processes = [ctx.Process(target=worker, args=(job, barrier, results)) for _ in range(workers)]
+        for p in processes:
+            p.start()
+        commands_before = redis.evalsha_calls() if redis else 0
+        barrier.wait(120)
+        started = time.perf_counter()
+        reports = [results.get(timeout=600) for _ in processes]
+        wall = time.perf_counter() - started
+        for p in processes:
+            p.join(30)
+        commands = (redis.evalsha_calls() - commands_before) if redis else None
+        stats = {n: sim.stats(n) for n in NAMES}
+    failed: Counter[str] = Counter()
+    for r in reports:
+        failed.update(r["failed"])
+    served = sum(s.served for s in stats.values())
+    p1 = sum(stats[n].served for n, p in zip(NAMES, priorities, strict=True) if p == 1)
+    return {
+        "ok": sum(r["ok"] for r in reports),
+        "failed": dict(failed),
+        "wall_s": round(wall, 2),
+        "backend_429s": sum(s.throttled for s in stats.values()),
+        "p1_share": round(p1 / served, 3) if served else None,
+        "round_trips_per_request": round(commands / total, 2) if commands is not None else None,
+    }
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median number of backend 429s (its other figures kept with it), and all 429 counts."""
+    ordered = sorted(runs, key=lambda r: r["backend_429s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["backend_429s_runs"] = [r["backend_429s"] for r in runs]
+    return chosen
+
+
+# ---------------------------------------------------------------------- redis-server
+
+
+class RedisServer:
+    """A ``redis-server`` of the benchmark's own on a free loopback port, no persistence."""
+
+    def __init__(self, binary: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.directory = tempfile.mkdtemp(prefix="oplb-redis-")
+        command = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        command += ["--dir", self.directory, "--logfile", os.path.join(self.directory, "redis.log")]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        import redis
+
+        self.client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def evalsha_calls(self) -> int:
+        info = self.client.info("commandstats")
+        return int(info.get("cmdstat_evalsha", {}).get("calls", 0)) + int(
+            info.get("cmdstat_eval", {}).get("calls", 0)
+        )
+
+    def close(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(10)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def measure_load_us(redis: RedisServer, n: int) -> dict[str, float]:
+    """Microseconds one ``load`` of three keys takes on loopback, sync and async (nothing stored)."""
+    import asyncio
+
+    from openai_priority_loadbalancer.redis import RedisStateStore
+
+    keys = [f"https://{name}.example:443/" for name in NAMES]
+    store = RedisStateStore.from_url(redis.url, prefix="oplb-bench-load:")
+    store.load(keys)
+    start = time.perf_counter()
+    for _ in range(n):
+        store.load(keys)
+    sync_us = (time.perf_counter() - start) / n * 1e6
+
+    async def measure() -> float:
+        await store.aload(keys)
+        start = time.perf_counter()
+        for _ in range(n):
+            await store.aload(keys)
+        elapsed = (time.perf_counter() - start) / n * 1e6
+        await store.aclose()
+        return elapsed
+
+    async_us = asyncio.run(measure())
+    store.close()
+    return {"sync_us": round(sync_us, 1), "async_us": round(async_us, 1)}
+
+
+# ---------------------------------------------------------------------- report
+
+
+SETUPS = (("1 process", 1, False), ("4 processes, local", 4, False), ("4 processes, Redis", 4, True))
+
+
+def render(results: dict[str, Any], plan: Plan) -> str:
+    total = plan.workers * plan.requests
+    lines = [
+        f"{total} chat completions per run through the openai SDK (default settings), "
+        f"{plan.concurrency} in flight in all; 3 simulated instances of {plan.rpw} requests/s each"
+        + (f"; median of {plan.runs} runs by 429s" if plan.runs > 1 else ""),
+        "",
+    ]
+    header = (
+        f"{'topology':<9} {'setup':<20} {'ok':>5} {'failed':>7} {'wall s':>7} {'429s':>5} {'vs 1 proc':>9}"
+    )
+    header += f" {'p1 share':>8} {'RTT/req':>7}"
+    lines += [header, "-" * len(header)]
+    for topology, rows in results["topologies"].items():
+        reference = rows["1 process"]["backend_429s"]
+        for setup, row in rows.items():
+            failed = sum(row["failed"].values())
+            ratio = f"{row['backend_429s'] / reference:.2f}x" if reference else "-"
+            share = f"{row['p1_share']:.0%}" if row["p1_share"] is not None else "-"
+            rtt = (
+                f"{row['round_trips_per_request']:.2f}" if row["round_trips_per_request"] is not None else "-"
+            )
+            lines.append(
+                f"{topology:<9} {setup:<20} {row['ok']:>5} {failed:>7} {row['wall_s']:>7.2f} "
+                f"{row['backend_429s']:>5} {ratio:>9} {share:>8} {rtt:>7}"
+            )
+    load = results["load_us"]
+    lines += [
+        "",
+        f"RedisStateStore.load of 3 keys on loopback: {load['sync_us']:.0f} µs sync, "
+        f"{load['async_us']:.0f} µs async",
+    ]
+    lines.append("")
+    for topology, verdict in results["targets"].items():
+        lines.append(
+            f"target {topology}: Redis 429s <= {RATIO_MAX}x one process's and no failure: "
+            + ("met" if verdict else "MISSED")
+        )
+    return "\n".join(lines)
+
+
+def judge(results: dict[str, Any]) -> dict[str, bool]:
+    verdicts = {}
+    for topology, rows in results["topologies"].items():
+        reference = rows["1 process"]["backend_429s"]
+        shared = rows["4 processes, Redis"]
+        verdicts[topology] = shared["backend_429s"] <= RATIO_MAX * max(reference, 1) and not shared["failed"]
+    return verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 4 x 8 requests, judges nothing")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--runs", type=int, default=1, help="runs per setup; the median by 429s is shown")
+    parser.add_argument("--requests", type=int, default=48, help="requests per worker (default 48)")
+    parser.add_argument("--concurrency", type=int, default=12, help="requests in flight in all (default 12)")
+    args = parser.parse_args(argv)
+    binary = shutil.which("redis-server")
+    if binary is None:
+        print("workers.py: redis-server is not installed (apt-get install redis-server)", file=sys.stderr)
+        return 2
+    plan = Plan(4, 8 if args.quick else args.requests, args.concurrency, 4, 1 if args.quick else args.runs)
+    redis = RedisServer(binary)
+    try:
+        results: dict[str, Any] = {"quick": args.quick, "plan": plan.__dict__, "topologies": {}}
+        for topology in TOPOLOGIES:
+            rows: dict[str, Any] = {}
+            for setup, workers, shared in SETUPS:
+                runs = [run(plan, topology, workers, redis if shared else None, i) for i in range(plan.runs)]
+                rows[setup] = median_run(runs)
+                if not args.json:
+                    print(f"  {topology} {setup}: {rows[setup]['backend_429s']} 429s", file=sys.stderr)
+            results["topologies"][topology] = rows
+        results["load_us"] = measure_load_us(redis, 300 if args.quick else 3000)
+    finally:
+        redis.close()
+    results["targets"] = judge(results)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(render(results, plan))
+    if args.check and not args.quick and not all(results["targets"].values()):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+    sys.exit(130)
