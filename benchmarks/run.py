@@ -48,7 +48,6 @@ import json
 import os
 import platform
 import pstats
-import socket
 import statistics
 import sys
 import time
@@ -288,23 +287,6 @@ def _simulator_configs() -> list[InstanceConfig]:
     ]
 
 
-def _disable_nagle(sim: Simulator) -> bool:
-    """Set TCP_NODELAY on the simulator's listening sockets (accepted connections inherit it on Linux).
-
-    The simulator makes its sockets with protocol 0, so asyncio does not set TCP_NODELAY on the
-    connections it accepts: on a kept-alive connection the first chunk of a streamed answer then waits
-    for the client's delayed ACK (about 40 ms), which would swamp the time to the first chunk. Returns
-    whether it could; harmless once the simulator sets the option itself.
-    """
-    done = False
-    for instance in sim.instances:
-        sock = getattr(getattr(instance, "_runtime", None), "_sock", None)
-        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            done = True
-    return done
-
-
 def _sdk_backends(sim: Simulator) -> list[Backend]:
     return [Backend(sim.url("a"), 1), Backend(sim.url("b"), 1), Backend(sim.url("c"), 2)]
 
@@ -453,7 +435,6 @@ def measure_sdk(plan: Plan) -> tuple[dict[str, dict[str, float]], dict[str, dict
     e2e: dict[str, dict[str, float]] = {}
     ttft: dict[str, dict[str, float]] = {}
     with Simulator(_simulator_configs()) as sim:
-        _disable_nagle(sim)
         for lib in _http_libraries():
             for asynchronous in (False, True):
                 key = f"{'async' if asynchronous else 'sync'}_{lib.__name__}"
@@ -728,7 +709,6 @@ def _profile_e2e(plan: Plan, profiler: cProfile.Profile) -> int:
     import httpx2
 
     with Simulator(_simulator_configs()) as sim:
-        _disable_nagle(sim)
         client = _sdk_client(httpx2, sim, balanced=True, asynchronous=False)
         sample = _request_sampler(client)
         sample(plan.warmup)

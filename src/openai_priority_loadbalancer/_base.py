@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ._backend import Backend
-from ._cooldown import DEFAULT_MAX_COOLDOWN_S, read_rate_limit
+from ._cooldown import DEFAULT_MAX_COOLDOWN_S, read_count, read_rate_limit
 from ._events import (
     AbandonedEvent,
     AttemptEvent,
@@ -179,13 +179,14 @@ class BaseLoadBalancer:
         self._shared_keys = [shared_key(b) for b in self.backends]
         priorities = sorted({b.priority for b in self.backends})
         self._tiers = [[s for s in self._states if s.backend.priority == p] for p in priorities]
+        self._equal_weights = len({b.weight for b in self.backends}) == 1
         self._tier_cum_weights = [
             list(itertools.accumulate(s.backend.weight for s in tier)) if len(tier) > _SCAN_LIMIT else None
             for tier in self._tiers
         ]
         self._lock = threading.Lock()
         self._random = random.Random()
-        self._url_cache: dict[tuple[Any, ...], Any] = {}
+        self._url_cache: dict[tuple[Any, ...], tuple[Any, str]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -241,13 +242,14 @@ class BaseLoadBalancer:
             except BaseException:
                 self._release(state, probe, now)
                 raise
-            logger.debug(
-                "attempt backend=%s priority=%d method=%s path=%s",
-                backend.id,
-                backend.priority,
-                request.method,
-                request.url.path,
-            )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "attempt backend=%s priority=%d method=%s path=%s",
+                    backend.id,
+                    backend.priority,
+                    request.method,
+                    request.url.path,
+                )
             try:
                 response: Response = yield (SEND, attempt)
             except lib.failover_errors as exc:
@@ -343,6 +345,8 @@ class BaseLoadBalancer:
                     continue
                 if len(best) == 1:
                     chosen = best[0]
+                elif self._equal_weights:
+                    chosen = self._random.choice(best)
                 else:
                     weights = [s.backend.weight for s in best]
                     chosen = self._random.choices(best, weights)[0]
@@ -383,15 +387,17 @@ class BaseLoadBalancer:
         self, lib: HttpLib, request: Request, backend: Backend, token: str | None
     ) -> Request:
         """A copy of ``request`` addressed to ``backend``, with its credentials; ``request`` is untouched."""
-        url = self._backend_url(request.url, backend)
+        url, host = self._backend_url(request.url, backend)
         headers = request.headers.copy()
-        headers["Host"] = url.netloc.decode("ascii")
+        headers["Host"] = host
         if backend.api_key is not None:
             headers["api-key"] = backend.api_key
-            headers.pop("authorization", None)
+            if "authorization" in headers:
+                del headers["authorization"]
         elif token is not None:
             headers["Authorization"] = f"Bearer {token}"
-            headers.pop("api-key", None)
+            if "api-key" in headers:
+                del headers["api-key"]
         stream = request.stream
         if backend.deployments and request.url.raw_path.startswith(b"/openai/v1/"):
             body = _rewrite_model(request.content, backend.deployments)
@@ -402,7 +408,8 @@ class BaseLoadBalancer:
             request.method, url, headers=headers, stream=stream, extensions=request.extensions
         )
 
-    def _backend_url(self, url: Any, backend: Backend) -> Any:
+    def _backend_url(self, url: Any, backend: Backend) -> tuple[Any, str]:
+        """``url`` addressed to ``backend``, and its ``Host`` header; cached per backend and URL."""
         key = (type(url), id(backend), url.scheme, url.raw_host, url.port, url.raw_path)
         cached = self._url_cache.get(key)
         if cached is not None:
@@ -421,8 +428,8 @@ class BaseLoadBalancer:
             new = url.copy_with(host=backend.hostname, port=port, raw_path=raw_path)
         if len(self._url_cache) >= _URL_CACHE_SIZE:
             self._url_cache.clear()
-        self._url_cache[key] = new
-        return new
+        entry = self._url_cache[key] = (new, new.netloc.decode("ascii"))
+        return entry
 
     # ------------------------------------------------------------------ judging
 
@@ -479,17 +486,27 @@ class BaseLoadBalancer:
                 keep = True
                 if status < 400:
                     state.successes += 1
-                if "x-ratelimit-remaining-requests" in headers or "x-ratelimit-remaining-tokens" in headers:
+                requests_left = headers.get("x-ratelimit-remaining-requests")
+                tokens_left = headers.get("x-ratelimit-remaining-tokens")
+                if requests_left is not None or tokens_left is not None:
                     # The backend admitted the attempt (and timed its reset) about one network hop
                     # after it was sent: half the answer's time, and no more than _ADMISSION_DELAY_S.
                     admitted = started + min((now - started) / 2, _ADMISSION_DELAY_S)
-                    spent = self._note_budget(state, seq, headers, admitted)
+                    spent = self._note_budget(
+                        state,
+                        seq,
+                        headers,
+                        admitted,
+                        read_count("x-ratelimit-remaining-requests", requests_left),
+                        read_count("x-ratelimit-remaining-tokens", tokens_left),
+                    )
                     if spent is not None and shares is not None:
                         shares.append(self._set_aside_record(state, "exhausted", *spent))
                 elif status < 400:
                     # It took a request and says nothing of its budget: no belief that it is spent survives.
                     state.forget_budget()
-                event = ServedEvent(self._wall_clock(), state.backend.id, status, now - started)
+                if self._on_event is not None:
+                    event = ServedEvent(self._wall_clock(), state.backend.id, status, now - started)
         if self._on_event is not None:
             self._emit(event)
             if recovered:
@@ -508,31 +525,43 @@ class BaseLoadBalancer:
         return ("set_aside", (self._shared_keys[state.index], record))
 
     def _note_budget(
-        self, state: BackendState, seq: int, headers: Any, admitted: float
+        self,
+        state: BackendState,
+        seq: int,
+        headers: Any,
+        admitted: float,
+        remaining_requests: int | None,
+        remaining_tokens: int | None,
     ) -> tuple[float, int | None, int | None] | None:
         """Remember the budget a success reported; set the backend aside until a known reset if it is spent.
 
         ``seq`` numbers the attempt among those sent to the backend; a report older than the one kept
         is ignored. The report counts what the backend admitted before this attempt, and a backend
         may admit concurrent attempts in any order: the attempts still in flight are taken off it,
-        and those sent afterwards as they go. It is believed until its reset, or for
-        ``default_cooldown_s`` when it names none. The backend computed its reset when it admitted
-        the attempt, so the reset counts from then (``admitted``), not from the (later) answer.
+        and those sent afterwards as they go.
+
+        While the budget is far from spent, that is all (a few header lookups per answer), and the
+        report is believed for ``default_cooldown_s``. Once it is nearly spent, the reset headers are
+        read too: the report is believed until the reset, and a spent backend is set aside until
+        then. The backend computed its reset when it admitted the attempt, so the reset counts from
+        then (``admitted``), not from the (later) answer.
 
         Returns, if the backend was set aside: for how long, and the remaining requests and tokens
         it reported.
         """
-        info = read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
         if seq < state.report_seq:
             return None
         now = admitted
         state.report_seq = seq
         state.remaining_seq = state.sent
-        state.remaining_requests = (
-            None if info.remaining_requests is None else max(0, info.remaining_requests - state.in_flight)
-        )
-        state.remaining_tokens = info.remaining_tokens
+        believed = None if remaining_requests is None else max(0, remaining_requests - state.in_flight)
+        state.remaining_requests = believed
+        state.remaining_tokens = remaining_tokens
         state.limit_requests = _int_header(headers, "x-ratelimit-limit-requests", state.limit_requests)
+        if not ((believed is not None and believed <= 1) or remaining_tokens == 0):
+            state.budget_expires = now + self._default_cooldown_s
+            return None
+        info = read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
         reset = (
             info.reset_tokens_s if info.remaining_tokens == 0 else info.reset_requests_s
         ) or info.cooldown_s
@@ -540,7 +569,7 @@ class BaseLoadBalancer:
         if reset and state.budget_exhausted(now):
             self._set_aside(state, now, reset, "exhausted", None)
             state.refill(state.cooling_until + self._default_cooldown_s)
-            return reset, info.remaining_requests, info.remaining_tokens
+            return reset, remaining_requests, remaining_tokens
         return None
 
     def _on_error(

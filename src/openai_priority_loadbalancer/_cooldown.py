@@ -24,6 +24,7 @@ __all__ = [
     "RateLimitInfo",
     "parse_duration",
     "parse_retry_after",
+    "read_count",
     "read_rate_limit",
     "cooldown_from_body",
 ]
@@ -203,7 +204,8 @@ def parse_retry_after(value: str, *, wall_now: float) -> float | None:
     return max(delay, 0.0)
 
 
-def _read_count(name: str, value: str | None) -> int | None:
+def read_count(name: str, value: str | None) -> int | None:
+    """A count header's value: None when absent, ``-1`` ("unknown") or malformed (logged)."""
     if value is None:
         return None
     text = value.strip(_OWS)
@@ -269,8 +271,8 @@ def read_rate_limit(
     ):
         return _NO_INFO
 
-    remaining_requests = _read_count("x-ratelimit-remaining-requests", remaining_requests_raw)
-    remaining_tokens = _read_count("x-ratelimit-remaining-tokens", remaining_tokens_raw)
+    remaining_requests = read_count("x-ratelimit-remaining-requests", remaining_requests_raw)
+    remaining_tokens = read_count("x-ratelimit-remaining-tokens", remaining_tokens_raw)
     reset_requests = _read_reset("x-ratelimit-reset-requests", reset_requests_raw, max_cooldown_s)
     reset_tokens = _read_reset("x-ratelimit-reset-tokens", reset_tokens_raw, max_cooldown_s)
 
