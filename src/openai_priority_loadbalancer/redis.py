@@ -226,12 +226,16 @@ class _Health:
 
 
 class _Flight:
-    """A load under way in one thread; the threads asking for the same keys meanwhile take its answer."""
+    """A load under way in one thread; the threads asking for the same keys meanwhile take its answer.
+
+    ``done`` is made by the first thread that waits (under the store's lock): a load nobody waits for
+    costs no Event.
+    """
 
     __slots__ = ("done", "result")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done: threading.Event | None = None
         self.result: list[SharedState | None] | None = None
 
 
@@ -473,18 +477,24 @@ class RedisStateStore:
         token = tuple(keys)
         with self._lock:
             flight = self._flights.get(token)
-            leader = flight is None
             if flight is None:
                 flight = self._flights[token] = _Flight()
-        if leader:
+                done = None
+            else:
+                done = flight.done
+                if done is None:
+                    done = flight.done = threading.Event()
+        if done is None:  # this thread loads; others asking meanwhile wait for its answer
             try:
                 flight.result = self._load_now(keys)
             finally:
                 with self._lock:
                     del self._flights[token]
-                flight.done.set()
+                    waiting = flight.done
+                if waiting is not None:
+                    waiting.set()
         else:
-            flight.done.wait(self._wait_s)
+            done.wait(self._wait_s)
         result = flight.result
         return result if result is not None else [None] * len(keys)
 

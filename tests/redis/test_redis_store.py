@@ -340,6 +340,28 @@ def test_a_throttled_backend_costs_one_write(redis_server: RedisServer) -> None:
     assert commands_between(before, after) == {"evalsha": 3, "time": 3, "mget": 2, "get": 1, "set": 1}
 
 
+def test_threads_loading_at_once_share_answers(store: RedisStateStore, redis_server: RedisServer) -> None:
+    store.set_aside(KEY, SharedState(5.0, "throttled", 0))
+    store.load([KEY])
+    before = redis_server.stats()
+    barrier = threading.Barrier(16)
+    results: list[SharedState | None] = []
+
+    def run() -> None:
+        barrier.wait()
+        for _ in range(20):
+            results.extend(store.load([KEY]))
+
+    threads = [threading.Thread(target=run) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 320
+    assert all(r is not None and r.reason == "throttled" for r in results)
+    assert commands_between(before, redis_server.stats())["evalsha"] < 320  # a load under way is shared
+
+
 def _store_connections(server: RedisServer) -> int:
     server.stats()  # makes the inspecting connection, if not yet made
     return int(server._inspector.info("clients")["connected_clients"]) - 1
