@@ -557,10 +557,10 @@ class BaseLoadBalancer:
         believed = None if remaining_requests is None else max(0, remaining_requests - state.in_flight)
         state.remaining_requests = believed
         state.remaining_tokens = remaining_tokens
-        state.limit_requests = _int_header(headers, "x-ratelimit-limit-requests", state.limit_requests)
         if not ((believed is not None and believed <= 1) or remaining_tokens == 0):
             state.budget_expires = now + self._default_cooldown_s
             return None
+        state.limit_requests = _int_header(headers, "x-ratelimit-limit-requests", state.limit_requests)
         info = read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
         reset = (
             info.reset_tokens_s if info.remaining_tokens == 0 else info.reset_requests_s
