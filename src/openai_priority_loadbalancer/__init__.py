@@ -31,7 +31,15 @@ from ._events import (
     WaitedEvent,
 )
 from ._stats import Stats, Totals
-from ._store import MemoryStateStore, SharedState, StateStore, shared_key
+from ._store import (
+    BudgetReport,
+    BudgetStore,
+    MemoryStateStore,
+    Reservation,
+    SharedState,
+    StateStore,
+    shared_key,
+)
 from ._transports import AsyncLoadBalancer, LoadBalancer
 from ._version import __version__
 
@@ -59,6 +67,9 @@ __all__ = [
     "ExhaustedEvent",
     "StateStore",
     "SharedState",
+    "BudgetStore",
+    "BudgetReport",
+    "Reservation",
     "MemoryStateStore",
     "shared_key",
     "__version__",

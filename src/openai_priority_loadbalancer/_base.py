@@ -39,7 +39,7 @@ from ._events import (
 )
 from ._state import BackendState
 from ._stats import BackendStats, Stats, snapshot
-from ._store import Reason, SharedState, StateStore, shared_key
+from ._store import UNMETERED_S, BudgetReport, BudgetStore, Reason, SharedState, StateStore, shared_key
 
 if TYPE_CHECKING:
     from ._http import HttpLib, Request, Response
@@ -74,6 +74,8 @@ _PROBE_POLL_S: Final = 0.02
 _MIN_WAIT_S: Final = 0.01
 # The longest a backend is assumed to take to admit an attempt after it is sent (one network hop).
 _ADMISSION_DELAY_S: Final = 0.05
+# How long a balancer holds the shared probe of a backend whose budget is unknown, at most.
+_SHARED_PROBE_TTL_S: Final = 10.0
 # Tiers up to this size are scanned whole when choosing; larger ones are sampled (see _choose).
 _SCAN_LIMIT: Final = 32
 _SAMPLE: Final = 16
@@ -167,6 +169,11 @@ class BaseLoadBalancer:
             raise ValueError(f"backend_header must be a header name, got {backend_header!r}")
         self._on_event = on_event
         self._store = state
+        # With a store that shares budgets, each attempt reserves one of its backend's requests.
+        self._budgets = state if isinstance(state, BudgetStore) else None
+        # Budget reports waiting to ride along with the next reservation: index -> (remaining,
+        # monotonic time of the window's reset, limit).
+        self._pending_reports: dict[int, tuple[int | None, float, int | None]] = {}
         self._backend_header = backend_header
         self._clock = clock
         self._wall_clock = wall_clock
@@ -208,9 +215,9 @@ class BaseLoadBalancer:
         tried: set[int] = set()  # backends this request tried since it last waited
         deadline: float | None = None  # set when the request first finds no backend
         emit = self._on_event
-        store = self._store
+        loads = self._store is not None and self._budgets is None
         while True:
-            if store is not None:
+            if loads:
                 self._merge_shared((yield (SHARE, ("load", (self._shared_keys,)))))
             now = self._clock()
             state, probe, seq = self._choose(now, tried)
@@ -228,6 +235,19 @@ class BaseLoadBalancer:
                 continue
             tried.add(state.index)
             backend = state.backend
+            shared_probe = False
+            if self._budgets is not None:
+                try:
+                    reservation = yield (SHARE, ("reserve", self._reserve_args(state, now)))
+                except BaseException:
+                    self._unchoose(state, probe, None, now)
+                    raise
+                if reservation is not None:  # None: the store failed, and local state decides
+                    self._merge_shared(reservation.records)
+                    if not reservation.granted:
+                        self._unchoose(state, probe, reservation.wait_s, now)
+                        continue
+                    shared_probe = reservation.probe
             if emit is not None:
                 self._emit(AttemptEvent(self._wall_clock(), backend.id, backend.priority, probe))
             token: str | None = None
@@ -257,11 +277,15 @@ class BaseLoadBalancer:
                 attempts.append(record)
                 if share is not None:
                     yield (SHARE, share)
+                if shared_probe:
+                    yield (SHARE, ("report", (self._probe_report(state),)))
                 continue
             except lib.silent_errors as exc:
                 _, share = self._on_error(state, probe, exc, now)
                 if share is not None:
                     yield (SHARE, share)
+                if shared_probe:
+                    yield (SHARE, ("report", (self._probe_report(state),)))
                 raise
             except BaseException:
                 self._release(state, probe, now)
@@ -272,6 +296,8 @@ class BaseLoadBalancer:
             if shares:
                 for share in shares:
                     yield (SHARE, share)
+            if shared_probe:
+                yield (SHARE, ("report", (self._probe_report(state),)))
             if keep:
                 response.extensions[EXTENSION] = Routing(backend.id, tuple(attempts))
                 if self._backend_header is not None:
@@ -315,6 +341,39 @@ class BaseLoadBalancer:
                         record.reason,
                         record.cooling_s,
                     )
+
+    def _reserve_args(self, state: BackendState, now: float) -> tuple[Any, ...]:
+        """Arguments of ``BudgetStore.reserve`` for ``state``'s backend, with the budget reports pending."""
+        with self._lock:
+            pending, self._pending_reports = self._pending_reports, {}
+        reports = [
+            BudgetReport(self._shared_keys[index], remaining, reset_at - now, limit)
+            for index, (remaining, reset_at, limit) in pending.items()
+            if reset_at > now  # a report of a window that has ended since says nothing of this one
+        ]
+        return (self._shared_keys, state.index, reports, _SHARED_PROBE_TTL_S)
+
+    def _probe_report(self, state: BackendState) -> list[BudgetReport]:
+        """What the window's shared probe found, for every balancer: the budget its answer reported,
+        else that nothing is known (which ends the probe, so that the next request may try)."""
+        now = self._clock()
+        with self._lock:
+            pending = self._pending_reports.pop(state.index, None)
+        key = self._shared_keys[state.index]
+        if pending is None or pending[1] <= now:
+            return [BudgetReport(key, 0, 0.0, None)]  # reset_s 0: forget the counter
+        remaining, reset_at, limit = pending
+        return [BudgetReport(key, remaining, reset_at - now, limit)]
+
+    def _unchoose(self, state: BackendState, probe: bool, wait_s: float | None, now: float) -> None:
+        """Undo a choice the shared budget refused (or that was cancelled before it was sent)."""
+        with self._lock:
+            state.in_flight -= 1
+            state.requests -= 1
+            if probe:
+                state.probing = False
+            if wait_s:
+                self._set_aside(state, now, wait_s, "exhausted", "shared budget")
 
     # ------------------------------------------------------------------ choosing
 
@@ -468,6 +527,8 @@ class BaseLoadBalancer:
                     headers, "x-ratelimit-limit-requests", state.limit_requests
                 )
                 state.refill(state.cooling_until + self._default_cooldown_s)
+                if self._budgets is not None:
+                    self._pending_reports[state.index] = (0, now + cooldown, state.limit_requests)
                 keep = False
                 event: Event = ThrottledEvent(self._wall_clock(), state.backend.id, cooldown, now - started)
                 if shares is not None:
@@ -492,19 +553,24 @@ class BaseLoadBalancer:
                     # The backend admitted the attempt (and timed its reset) about one network hop
                     # after it was sent: half the answer's time, and no more than _ADMISSION_DELAY_S.
                     admitted = started + min((now - started) / 2, _ADMISSION_DELAY_S)
+                    remaining = read_count("x-ratelimit-remaining-requests", requests_left)
                     spent = self._note_budget(
                         state,
                         seq,
                         headers,
                         admitted,
-                        read_count("x-ratelimit-remaining-requests", requests_left),
+                        remaining,
                         read_count("x-ratelimit-remaining-tokens", tokens_left),
                     )
                     if spent is not None and shares is not None:
                         shares.append(self._set_aside_record(state, "exhausted", *spent))
+                    if self._budgets is not None and remaining is not None:
+                        self._pending_reports[state.index] = self._budget_report(headers, admitted, remaining)
                 elif status < 400:
                     # It took a request and says nothing of its budget: no belief that it is spent survives.
                     state.forget_budget()
+                    if self._budgets is not None:
+                        self._pending_reports[state.index] = (None, now + UNMETERED_S, None)
                 if self._on_event is not None:
                     event = ServedEvent(self._wall_clock(), state.backend.id, status, now - started)
         if self._on_event is not None:
@@ -512,6 +578,15 @@ class BaseLoadBalancer:
             if recovered:
                 self._emit(RecoveredEvent(self._wall_clock(), state.backend.id, recovered))
         return keep, shares
+
+    def _budget_report(
+        self, headers: Any, admitted: float, remaining: int
+    ) -> tuple[int | None, float, int | None]:
+        """A pending budget report (remaining, reset time, limit) from a success's headers."""
+        info = read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
+        reset = info.reset_requests_s if info.reset_requests_s is not None else self._default_cooldown_s
+        limit = _int_header(headers, "x-ratelimit-limit-requests", None)
+        return remaining, admitted + reset, limit
 
     def _set_aside_record(
         self,

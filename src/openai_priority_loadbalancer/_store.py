@@ -22,7 +22,15 @@ if TYPE_CHECKING:
 
     from ._backend import Backend
 
-__all__ = ["MemoryStateStore", "SharedState", "StateStore", "shared_key"]
+__all__ = [
+    "BudgetReport",
+    "BudgetStore",
+    "MemoryStateStore",
+    "Reservation",
+    "SharedState",
+    "StateStore",
+    "shared_key",
+]
 
 Reason = Literal["throttled", "failed", "exhausted"]
 
@@ -74,6 +82,72 @@ class StateStore(Protocol):
     async def aclear_failure(self, key: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetReport:
+    """What a backend's answer said of its request budget, for a :class:`BudgetStore`."""
+
+    key: str
+    remaining: int | None
+    """``x-ratelimit-remaining-requests``; None: the backend reports no budget (it is not metered)."""
+    reset_s: float
+    """Seconds from now until its window resets (the balancer's default cooldown when not said)."""
+    limit: int | None
+    """``x-ratelimit-limit-requests``: what a fresh window holds, if said."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A :class:`BudgetStore`'s answer to a request for one of a backend's requests."""
+
+    granted: bool
+    probe: bool
+    """Granted as the window's first request while the budget is unknown: report its answer at once."""
+    wait_s: float
+    """Refused: seconds until asking again is worth it (0: soon; another balancer's probe is out)."""
+    records: Sequence[SharedState | None]
+    """Every key's record, as :meth:`StateStore.load` returns them, read in the same step."""
+
+
+@runtime_checkable
+class BudgetStore(StateStore, Protocol):
+    """A :class:`StateStore` that also shares each backend's request budget, so that many balancers
+    together send a backend no more than its window holds.
+
+    Per backend it keeps a counter of the requests left in the current window, with the window's end
+    as its expiry. ``reserve`` takes one request from it (one round trip, which also returns every
+    record, so a balancer sharing budgets needs no ``load``):
+
+    - no counter and the limit known: a new window; the counter starts at the limit, less this one;
+    - no counter and the limit unknown: this request is the window's probe; the others are refused
+      (``wait_s`` 0) until its answer is reported or ``probe_ttl_s`` passes;
+    - a counter at 0: refused until it expires (``wait_s``); above 0: granted, and counted;
+    - the backend set aside (a live record): refused for as long as the record lasts.
+
+    ``reports`` (applied first, and by ``report``) set the counter to what the backend said, or
+    lower it to that if it holds more; a report without a budget marks the backend unmetered for a
+    minute (every reservation granted). Each report also records the limit, and the longest window
+    seen, which is how long a counter started from the limit lives.
+    """
+
+    def reserve(
+        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+    ) -> Reservation: ...
+
+    async def areserve(
+        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+    ) -> Reservation: ...
+
+    def report(self, reports: Sequence[BudgetReport]) -> None: ...
+
+    async def areport(self, reports: Sequence[BudgetReport]) -> None: ...
+
+
+#: How long a backend that answered without budget headers counts as unmetered.
+UNMETERED_S = 60.0
+_PROBE = "probe"
+_UNMETERED = "unmetered"
+
+
 def shared_key(backend: Backend) -> str:
     """The key naming ``backend`` in a shared store: ``scheme://host:port/path``, never a credential.
 
@@ -93,33 +167,38 @@ class MemoryStateStore:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._records: dict[str, tuple[float, SharedState]] = {}
+        # Per key: (expires at, requests left | _PROBE | _UNMETERED), and (limit, longest window seen).
+        self._budgets: dict[str, tuple[float, int | str]] = {}
+        self._limits: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"MemoryStateStore({len(self._records)} records)"
 
     def load(self, keys: Sequence[str]) -> list[SharedState | None]:
-        now = self._clock()
-        result: list[SharedState | None] = []
         with self._lock:
-            for key in keys:
-                entry = self._records.get(key)
-                if entry is None:
-                    result.append(None)
-                elif entry[0] <= now:
-                    del self._records[key]
-                    result.append(None)
-                else:
-                    until, record = entry
-                    result.append(
-                        SharedState(
-                            until - now,
-                            record.reason,
-                            record.failures,
-                            record.remaining_requests,
-                            record.remaining_tokens,
-                        )
+            return self._load(keys, self._clock())
+
+    def _load(self, keys: Sequence[str], now: float) -> list[SharedState | None]:
+        result: list[SharedState | None] = []
+        for key in keys:
+            entry = self._records.get(key)
+            if entry is None:
+                result.append(None)
+            elif entry[0] <= now:
+                del self._records[key]
+                result.append(None)
+            else:
+                until, record = entry
+                result.append(
+                    SharedState(
+                        until - now,
+                        record.reason,
+                        record.failures,
+                        record.remaining_requests,
+                        record.remaining_tokens,
                     )
+                )
         return result
 
     async def aload(self, keys: Sequence[str]) -> list[SharedState | None]:
@@ -143,3 +222,63 @@ class MemoryStateStore:
 
     async def aclear_failure(self, key: str) -> None:
         self.clear_failure(key)
+
+    # ------------------------------------------------------------------ budgets
+
+    def reserve(
+        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+    ) -> Reservation:
+        now = self._clock()
+        with self._lock:
+            self._apply(reports, now)
+            records = self._load(keys, now)
+            record = records[index]
+            if record is not None:
+                return Reservation(False, False, record.cooling_s, records)
+            key = keys[index]
+            entry = self._budgets.get(key)
+            if entry is not None and entry[0] <= now:
+                entry = None
+            if entry is None:
+                limit = self._limits.get(key)
+                if limit is not None and limit[1] > 0:
+                    self._budgets[key] = (now + limit[1], limit[0] - 1)
+                    return Reservation(True, False, 0.0, records)
+                self._budgets[key] = (now + probe_ttl_s, _PROBE)
+                return Reservation(True, True, 0.0, records)
+            expires, left = entry
+            if left == _PROBE:
+                return Reservation(False, False, 0.0, records)
+            if left == _UNMETERED:
+                return Reservation(True, False, 0.0, records)
+            assert isinstance(left, int)
+            if left <= 0:
+                return Reservation(False, False, expires - now, records)
+            self._budgets[key] = (expires, left - 1)
+            return Reservation(True, False, 0.0, records)
+
+    async def areserve(
+        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+    ) -> Reservation:
+        return self.reserve(keys, index, reports, probe_ttl_s)
+
+    def report(self, reports: Sequence[BudgetReport]) -> None:
+        with self._lock:
+            self._apply(reports, self._clock())
+
+    async def areport(self, reports: Sequence[BudgetReport]) -> None:
+        self.report(reports)
+
+    def _apply(self, reports: Sequence[BudgetReport], now: float) -> None:
+        for r in reports:
+            if r.limit is not None:
+                window = max(r.reset_s, self._limits.get(r.key, (0, 0.0))[1])
+                self._limits[r.key] = (r.limit, window)
+            if r.remaining is None:
+                self._budgets[r.key] = (now + UNMETERED_S, _UNMETERED)
+                continue
+            entry = self._budgets.get(r.key)
+            left = r.remaining
+            if entry is not None and entry[0] > now and isinstance(entry[1], int):
+                left = min(left, entry[1])
+            self._budgets[r.key] = (now + r.reset_s, left)

@@ -1,0 +1,171 @@
+"""Shared request budgets: balancers sharing a BudgetStore send a backend no more than its window holds.
+
+The store's semantics are tested on MemoryStateStore (the reference the Redis store follows), then
+several balancers share one store in front of a backend with a fixed budget per window, on a fake
+clock: without the store they overspend its windows, with it they never do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from conftest import FakeClock
+
+from openai_priority_loadbalancer import (
+    Backend,
+    BudgetReport,
+    BudgetStore,
+    LoadBalancer,
+    MemoryStateStore,
+    SharedState,
+    StateStore,
+)
+
+KEYS = ["https://a:443", "https://b:443"]
+URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> MemoryStateStore:
+    return MemoryStateStore(clock=clock)
+
+
+def test_memory_store_is_a_budget_store(store: MemoryStateStore) -> None:
+    assert isinstance(store, BudgetStore)
+    assert isinstance(store, StateStore)
+
+
+def test_an_unknown_budget_is_probed_by_one_request(store: MemoryStateStore) -> None:
+    first = store.reserve(KEYS, 0, [], 10.0)
+    assert (first.granted, first.probe) == (True, True)
+    second = store.reserve(KEYS, 0, [], 10.0)
+    assert (second.granted, second.wait_s) == (False, 0.0)  # ask again soon: the probe is out
+    assert store.reserve(KEYS, 1, [], 10.0).probe  # each backend has its own
+
+
+def test_a_probe_that_is_never_reported_ends_with_its_ttl(store: MemoryStateStore, clock: FakeClock) -> None:
+    store.reserve(KEYS, 0, [], 10.0)
+    clock.advance(10)
+    assert store.reserve(KEYS, 0, [], 10.0).probe
+
+
+def test_reports_set_the_counter_and_reservations_count_it_down(
+    store: MemoryStateStore, clock: FakeClock
+) -> None:
+    store.reserve(KEYS, 0, [], 10.0)
+    store.report([BudgetReport(KEYS[0], 2, 0.8, 4)])
+    assert [store.reserve(KEYS, 0, [], 10.0).granted for _ in range(3)] == [True, True, False]
+    clock.advance(0.3)
+    refused = store.reserve(KEYS, 0, [], 10.0)
+    assert not refused.granted
+    assert refused.wait_s == pytest.approx(0.5)
+    clock.advance(0.5)  # the window ended: the limit is known, so a new one starts full, no probe
+    fresh = [store.reserve(KEYS, 0, [], 10.0) for _ in range(5)]
+    assert [r.granted for r in fresh] == [True, True, True, True, False]
+    assert not any(r.probe for r in fresh)
+
+
+def test_a_report_only_ever_lowers_a_live_counter(store: MemoryStateStore) -> None:
+    store.report([BudgetReport(KEYS[0], 2, 1.0, 10)])
+    store.report([BudgetReport(KEYS[0], 9, 1.0, 10)])  # an older answer, arriving late
+    assert [store.reserve(KEYS, 0, [], 10.0).granted for _ in range(3)] == [True, True, False]
+
+
+def test_reports_ride_along_with_a_reservation(store: MemoryStateStore) -> None:
+    result = store.reserve(KEYS, 1, [BudgetReport(KEYS[0], 0, 5.0, 3)], 10.0)
+    assert result.granted
+    refused = store.reserve(KEYS, 0, [], 10.0)
+    assert (refused.granted, refused.wait_s) == (False, 5.0)
+
+
+def test_an_unmetered_backend_is_never_refused(store: MemoryStateStore, clock: FakeClock) -> None:
+    store.report([BudgetReport(KEYS[0], None, 1.0, None)])
+    assert all(store.reserve(KEYS, 0, [], 10.0).granted for _ in range(100))
+    assert not any(store.reserve(KEYS, 0, [], 10.0).probe for _ in range(10))
+
+
+def test_a_report_with_no_time_left_forgets_the_counter(store: MemoryStateStore) -> None:
+    store.reserve(KEYS, 0, [], 10.0)  # the probe
+    store.report([BudgetReport(KEYS[0], 0, 0.0, None)])  # it learned nothing
+    assert store.reserve(KEYS, 0, [], 10.0).probe  # the next request may try
+
+
+def test_a_backend_set_aside_is_refused_for_as_long(store: MemoryStateStore) -> None:
+    store.set_aside(KEYS[0], SharedState(7.0, "throttled", 0))
+    result = store.reserve(KEYS, 0, [], 10.0)
+    assert (result.granted, result.wait_s) == (False, 7.0)
+    assert result.records[0] is not None
+    assert result.records[1] is None
+
+
+# ---------------------------------------------------------------------- balancers sharing a budget
+
+
+class WindowedBackend:
+    """An endpoint admitting ``limit`` requests per window of ``window_s`` (fake clock), Azure-style."""
+
+    def __init__(self, clock: FakeClock, limit: int, window_s: float = 1.0) -> None:
+        self.clock, self.limit, self.window_s = clock, limit, window_s
+        self.served: dict[int, int] = {}
+        self.throttled = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        now = self.clock() - 1000.0
+        window = int(now // self.window_s)
+        reset_ms = round(((window + 1) * self.window_s - now) * 1000)
+        used = self.served.get(window, 0)
+        if used >= self.limit:
+            self.throttled += 1
+            return httpx.Response(429, headers={"retry-after-ms": str(reset_ms)})
+        self.served[window] = used + 1
+        headers = {
+            "x-ratelimit-limit-requests": str(self.limit),
+            "x-ratelimit-remaining-requests": str(self.limit - used - 1),
+            "x-ratelimit-reset-requests": f"{reset_ms}ms",
+        }
+        return httpx.Response(200, headers=headers, json={"ok": True})
+
+
+def _run(clock: FakeClock, state: Any, balancers: int = 4) -> WindowedBackend:
+    """Balancers take turns sending, 8 requests per 0.1 s in all, for 3 s; a second backend takes
+    what the first cannot."""
+    backend = WindowedBackend(clock, limit=5)
+    spare = httpx.MockTransport(lambda request: httpx.Response(200, json={"ok": True}))
+
+    def route(request: httpx.Request) -> httpx.Response:
+        return backend(request) if request.url.host == "a.example" else spare.handler(request)  # type: ignore[attr-defined]
+
+    lbs = [
+        LoadBalancer(
+            [Backend("a.example", 1), Backend("b.example", 2)],
+            transport=httpx.MockTransport(route),
+            clock=clock,
+            state=state,
+            max_wait_s=0,
+        )
+        for _ in range(balancers)
+    ]
+    request = httpx.Request("POST", URL, content=b"{}")
+    for tick in range(30):
+        for i in range(8):
+            assert lbs[(tick + i) % balancers].handle_request(request).status_code == 200
+        clock.advance(0.1)
+    return backend
+
+
+def test_without_sharing_budgets_balancers_overspend_each_window(clock: FakeClock) -> None:
+    backend = _run(clock, state=None)
+    assert backend.throttled > 3  # at least one 429 per window: the control
+
+
+def test_sharing_budgets_balancers_never_overspend_a_window(clock: FakeClock) -> None:
+    backend = _run(clock, state=MemoryStateStore(clock=clock))
+    assert backend.throttled == 0
+    assert all(n == 5 for n in backend.served.values())  # and the backend's capacity is used
