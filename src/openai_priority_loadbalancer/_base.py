@@ -121,7 +121,11 @@ class BaseLoadBalancer:
         on_event: called with every :data:`~openai_priority_loadbalancer.Event` (attempt,
             served, throttled, failed, ...); what it raises is logged and ignored.
         state: a :class:`~openai_priority_loadbalancer.StateStore` to share cooldowns and open
-            breakers with other balancers (other processes, other machines); default: none.
+            breakers with other balancers (other processes, other machines); default: none. If it
+            is a :class:`~openai_priority_loadbalancer.BudgetStore` (``MemoryStateStore`` and
+            ``RedisStateStore`` are), the balancers also share each backend's request budget: every
+            attempt first reserves one of its backend's requests, so that together they send no
+            more than its window holds.
         backend_header: name of a response header to set to the id of the backend that served the
             response (off by default).
 
