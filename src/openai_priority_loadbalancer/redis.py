@@ -21,15 +21,30 @@ the cooldown: a record disappears by itself when the backend may take requests a
   cooldown written at the same moment by another process never overwrites a longer one.
 * ``clear_failure`` deletes the record only if its reason is ``failed`` (one script, atomic).
 
+It is a :class:`~openai_priority_loadbalancer.BudgetStore` too: balancers sharing it send a backend no
+more requests per window than the window holds. Next to each record key, ``<key>#budget`` holds the
+requests left in the backend's current window (or ``probe``, or ``unmetered``) and expires with the
+window; ``<key>#limit`` holds the backend's limit and the longest window seen (kept for a day after
+the last report of them). A backend's key never holds ``#``, so these never name another backend.
+
+* ``reserve`` is one ``EVALSHA``: it applies the budget reports riding along, reads every record (so a
+  balancer sharing budgets makes no ``load``) and takes one request from the chosen backend's counter,
+  all atomically: balancers racing for the last requests of a window never get more than it holds.
+* ``report`` is one ``EVALSHA`` applying reports: a counter is set to what the backend said, a live
+  one only ever lowered.
+
 Fail open: socket timeouts are short (50 ms by default), and redis-py retries only a connection error,
 once (a pooled connection that outlived a Redis restart), never a timeout. On any
 error the store logs one WARNING, answers "nothing shared" at once for a backoff (0.5 s, doubling up
 to 30 s) while the balancer runs on its local state, then lets one call try again; when that works it
 logs one INFO and sharing resumes. A request never fails because of the store, and waits at most one
-timeout for it.
+timeout for it (a reservation may first wait its turn for a connection, about as long again at most).
 
-Redis Cluster: ``load`` names every backend's key in one script, so give a prefix with a hash tag
-(``prefix="{oplb}:"``) to keep them in one slot.
+While Redis is unavailable, ``reserve`` grants every request without counting it: the balancer runs on
+its local state, as it does without a store.
+
+Redis Cluster: ``load`` and ``reserve`` name every backend's keys in one script, so give a prefix with
+a hash tag (``prefix="{oplb}:"``) to keep them in one slot.
 """
 
 from __future__ import annotations
@@ -56,10 +71,12 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess with
         'RedisStateStore needs redis-py: pip install "openai-priority-loadbalancer[redis]"'
     ) from _exc
 
-from ._store import Reason, SharedState
+from ._store import UNMETERED_S, BudgetReport, Reason, Reservation, SharedState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from ._store import BudgetStore
 
 __all__ = ["RedisStateStore"]
 
@@ -74,6 +91,12 @@ DEFAULT_BACKOFF_MAX_S: Final = 30.0
 _RETRIED: Final = (_ConnectionError,)
 # How long a thread waits for another thread's load when the client's timeouts are unknown.
 _DEFAULT_WAIT_S: Final = 1.0
+# Reservations are each a caller's own (never shared like loads): at most this many are under way at
+# once per process (sync) and per event loop (async), so that a burst of requests uses a few pooled
+# connections, one after the other, instead of opening one each (redis-py's pools stop at 100).
+_MAX_CALLS: Final = 8
+# How long a backend's limit and longest window are kept after the last report of them.
+_LIMIT_TTL_MS: Final = 86_400_000
 
 # KEYS: the backends' keys. Returns the server's TIME (seconds, microseconds), then each key's value
 # (nil where none). MGET answers nil for a key of another type instead of failing the whole call.
@@ -110,6 +133,112 @@ if kept and string.match(kept, '^%d+ failed ') then return redis.call('DEL', KEY
 return 0
 """
 
+# Budgets. Per backend, next to its record: ``<record key>#budget`` holds the requests left in the
+# current window (an integer), ``probe`` (one request is finding the budget out) or ``unmetered``, and
+# expires with the window; ``<record key>#limit`` holds "<limit> <longest window seen, in µs>". A
+# backend's key never holds "#" (Backend refuses it in a path), so these never name another backend.
+#
+# _APPLY: applies ``count`` reports; report i has its budget and limit keys at KEYS[kb + 2i] and
+# KEYS[kb + 2i + 1], and remaining ('-': unmetered), reset (µs) and limit ('-': not said) at ARGV[ab + 3i..].
+# A report sets the counter to what the backend said, lowering a live counter only; reset <= 0 forgets it.
+_APPLY: Final = """
+local function apply(kb, ab, count)
+  for i = 0, count - 1 do
+    local budget, limitkey = KEYS[kb + 2 * i], KEYS[kb + 2 * i + 1]
+    local remaining, reset, limit = ARGV[ab + 3 * i], tonumber(ARGV[ab + 3 * i + 1]), ARGV[ab + 3 * i + 2]
+    if limit ~= '-' then
+      local window = reset
+      local kept = redis.call('GET', limitkey)
+      if kept then
+        local seen = tonumber(string.match(kept, ' (%d+)$'))
+        if seen and seen > window then window = seen end
+      end
+      if window < 0 then window = 0 end
+      redis.call('SET', limitkey, limit .. ' ' .. string.format('%.0f', window), 'PX', LIMIT_TTL_MS)
+    end
+    if remaining == '-' then
+      redis.call('SET', budget, 'unmetered', 'PX', UNMETERED_MS)
+    elseif reset <= 0 then
+      redis.call('DEL', budget)
+    else
+      local left = tonumber(remaining)
+      local kept = tonumber(redis.call('GET', budget))
+      if kept and kept < left then left = kept end
+      redis.call('SET', budget, string.format('%.0f', left), 'PX', math.ceil(reset / 1000))
+    end
+  end
+end
+"""
+
+# KEYS: the n backends' record keys, the chosen backend's budget and limit keys, then two keys per report.
+# ARGV: n, the chosen index (1-based), the probe's TTL (ms), then three values per report.
+# Applies the reports, reads every record and takes one request from the chosen backend's counter.
+# Returns the server's TIME (seconds, microseconds), the verdict (0 refused, 1 granted, 2 granted as the
+# window's probe), the wait when refused (µs), then each record (nil where none).
+_RESERVE: Final = (
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    + _APPLY
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n, index = tonumber(ARGV[1]), tonumber(ARGV[2])
+apply(n + 3, 4, (#ARGV - 3) / 3)
+local out = {t[1], t[2], 0, 0}
+local values = redis.call('MGET', unpack(KEYS, 1, n))
+for i = 1, n do out[i + 4] = values[i] end
+local record = values[index]
+if record then
+  local deadline, reason = string.match(record, '^(%d+) (%l+) %d+ [^ ]* [^ ]*$')
+  if deadline and (reason == 'throttled' or reason == 'failed' or reason == 'exhausted') then
+    local wait = tonumber(deadline) - now
+    if wait > 0 then
+      out[4] = wait
+      return out
+    end
+  end
+end
+local budget = KEYS[n + 1]
+local left = redis.call('GET', budget)
+if left == 'probe' then return out end
+if left == 'unmetered' then
+  out[3] = 1
+  return out
+end
+local count = tonumber(left)
+if count then
+  if count <= 0 then
+    out[4] = math.max(redis.call('PTTL', budget), 0) * 1000
+    return out
+  end
+  redis.call('DECR', budget)
+  out[3] = 1
+  return out
+end
+local known = redis.call('GET', KEYS[n + 2])
+if known then
+  local limit, window = string.match(known, '^(%-?%d+) (%d+)$')
+  window = tonumber(window)
+  if limit and window > 0 then
+    redis.call('SET', budget, string.format('%.0f', tonumber(limit) - 1), 'PX', math.ceil(window / 1000))
+    out[3] = 1
+    return out
+  end
+end
+redis.call('SET', budget, 'probe', 'PX', ARGV[3])
+out[3] = 2
+return out
+"""
+)
+
+# KEYS, ARGV: two keys and three values per report, as _APPLY takes them. Returns the number applied.
+_REPORT: Final = (
+    _APPLY
+    + """
+apply(1, 1, #ARGV / 3)
+return #ARGV / 3
+"""
+)
+
 _REASONS: Final[dict[bytes, Reason]] = {
     b"throttled": "throttled",
     b"failed": "failed",
@@ -144,9 +273,17 @@ class _Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
+def _with_constants(source: str) -> str:
+    return source.replace("LIMIT_TTL_MS", str(_LIMIT_TTL_MS)).replace(
+        "UNMETERED_MS", str(math.ceil(UNMETERED_S * 1000))
+    )
+
+
 _LOAD_SCRIPT: Final = _Script(_LOAD)
 _SET_ASIDE_SCRIPT: Final = _Script(_SET_ASIDE)
 _CLEAR_FAILURE_SCRIPT: Final = _Script(_CLEAR_FAILURE)
+_RESERVE_SCRIPT: Final = _Script(_with_constants(_RESERVE))
+_REPORT_SCRIPT: Final = _Script(_with_constants(_REPORT))
 
 
 class _Health:
@@ -240,13 +377,15 @@ class _Flight:
 
 
 class _LoopState:
-    """What the store keeps per event loop: its asyncio client (made by the store) and the loads under way."""
+    """What the store keeps per event loop: its asyncio client (made by the store), the loads under way,
+    and the slots of the budget calls under way."""
 
-    __slots__ = ("client", "flights")
+    __slots__ = ("client", "flights", "slots")
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self.flights: dict[tuple[str, ...], asyncio.Future[list[SharedState | None] | None]] = {}
+        self.slots = asyncio.Semaphore(_MAX_CALLS)
 
 
 class _WriteSlot:
@@ -271,10 +410,13 @@ class RedisStateStore:
     Clients given are used as they are: give them short timeouts (``socket_timeout=0.05``,
     ``socket_connect_timeout=0.05``) and no retries, or a request may wait on a slow Redis that long.
 
-    Concurrent calls are coalesced, so that a burst of requests never opens a burst of connections:
-    threads (or tasks of one loop) asking for the same keys while a load is under way take its answer,
-    and writes of one key while another is under way leave the latest deadline to that writer, which
+    A burst of requests never opens a burst of connections. Loads and writes are coalesced: threads
+    (or tasks of one loop) asking for the same keys while a load is under way take its answer, and
+    writes of one key while another is under way leave the latest deadline to that writer, which
     writes it next. At most one load and one write per key are in flight per process and loop.
+    Reservations are each the caller's own (each takes a request), so they are not coalesced; at
+    most 8 budget calls are under way at once per process and per loop, the others waiting their
+    turn (for as long as a call may take; then the request goes on without the store).
 
     Args:
         client: a ``redis.Redis`` for the sync balancer, or None.
@@ -337,6 +479,8 @@ class RedisStateStore:
         self._prefix = prefix
         self._prefix_bytes = prefix.encode()
         self._key_cache: dict[str, bytes] = {}
+        self._budget_key_cache: dict[str, tuple[bytes, bytes]] = {}
+        self._slots = threading.BoundedSemaphore(_MAX_CALLS)  # budget calls under way (sync)
         self._lock = threading.Lock()  # guards the clients, the flights and the write slots
         self._flights: dict[tuple[str, ...], _Flight] = {}
         self._writes: dict[str, _WriteSlot] = {}
@@ -577,25 +721,118 @@ class RedisStateStore:
         self._forget_pending_failure(key)
         await self._acall(self._loop_state().client, _CLEAR_FAILURE_SCRIPT, key, ())
 
+    # ------------------------------------------------------------------ the BudgetStore protocol
+
+    def reserve(
+        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+    ) -> Reservation:
+        """Apply ``reports``, read every key's record and take one request from ``keys[index]``'s
+        budget: one ``EVALSHA``, atomic on the server.
+
+        While Redis is unavailable (or every slot stays busy for as long as a call may take), the
+        answer is granted, counted nowhere and records nothing: the balancer goes on its local state.
+        """
+        call = _reserve_call(self, keys, index, reports, probe_ttl_s)
+        if not self._slots.acquire(timeout=self._wait_s):
+            return _local(len(keys))
+        try:
+            ticket = self._health.gate()
+            if ticket == _SKIP:
+                return _local(len(keys))
+            try:
+                reply = _RESERVE_SCRIPT.call(self._sync_client(), *call)
+                result = _parse_reservation(reply, len(keys))
+            except Exception as exc:
+                self._health.failed(ticket, exc)
+                return _local(len(keys))
+        finally:
+            self._slots.release()
+        self._health.ok(ticket)
+        return result
+
+    async def areserve(
+        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+    ) -> Reservation:
+        call = _reserve_call(self, keys, index, reports, probe_ttl_s)
+        state = self._loop_state()
+        if not await self._acquire(state.slots):
+            return _local(len(keys))
+        try:
+            ticket = self._health.gate()
+            if ticket == _SKIP:
+                return _local(len(keys))
+            try:
+                reply = await _RESERVE_SCRIPT.acall(state.client, *call)
+                result = _parse_reservation(reply, len(keys))
+            except Exception as exc:
+                self._health.failed(ticket, exc)
+                return _local(len(keys))
+        finally:
+            state.slots.release()
+        self._health.ok(ticket)
+        return result
+
+    def report(self, reports: Sequence[BudgetReport]) -> None:
+        """Set each reported backend's counter to what it said (a live counter is only lowered): one
+        ``EVALSHA``, none when there is nothing to report."""
+        call = _report_call(self, reports)
+        if call is None or not self._slots.acquire(timeout=self._wait_s):
+            return
+        try:
+            self._run(_REPORT_SCRIPT, *call)
+        finally:
+            self._slots.release()
+
+    async def areport(self, reports: Sequence[BudgetReport]) -> None:
+        call = _report_call(self, reports)
+        if call is None:
+            return
+        state = self._loop_state()
+        if not await self._acquire(state.slots):
+            return
+        try:
+            await self._arun(state.client, _REPORT_SCRIPT, *call)
+        finally:
+            state.slots.release()
+
+    async def _acquire(self, slots: asyncio.Semaphore) -> bool:
+        """Take a slot, waiting at most as long as a call may take; False if none came free."""
+        if not slots.locked():
+            await slots.acquire()  # free: taken without suspending
+            return True
+        try:
+            await asyncio.wait_for(slots.acquire(), self._wait_s)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            return False
+        return True
+
     # ------------------------------------------------------------------ helpers
 
     def _call(self, script: _Script, key: str, args: Sequence[bytes | int]) -> None:
+        self._run(script, (self._key(key),), args)
+
+    def _run(self, script: _Script, keys: Sequence[bytes], args: Sequence[bytes | int]) -> None:
         ticket = self._health.gate()
         if ticket == _SKIP:
             return
         try:
-            script.call(self._sync_client(), (self._key(key),), args)
+            script.call(self._sync_client(), keys, args)
         except Exception as exc:
             self._health.failed(ticket, exc)
             return
         self._health.ok(ticket)
 
     async def _acall(self, client: Any, script: _Script, key: str, args: Sequence[bytes | int]) -> None:
+        await self._arun(client, script, (self._key(key),), args)
+
+    async def _arun(
+        self, client: Any, script: _Script, keys: Sequence[bytes], args: Sequence[bytes | int]
+    ) -> None:
         ticket = self._health.gate()
         if ticket == _SKIP:
             return
         try:
-            await script.acall(client, (self._key(key),), args)
+            await script.acall(client, keys, args)
         except Exception as exc:
             self._health.failed(ticket, exc)
             return
@@ -651,6 +888,16 @@ class RedisStateStore:
     def _keys(self, keys: Sequence[str]) -> list[bytes]:
         return [self._key(k) for k in keys]
 
+    def _budget_keys(self, key: str) -> tuple[bytes, bytes]:
+        """The keys of ``key``'s budget counter and of its limit (next to its record, in its slot)."""
+        pair = self._budget_key_cache.get(key)
+        if pair is None:
+            record = self._key(key)
+            pair = (record + b"#budget", record + b"#limit")
+            if len(self._budget_key_cache) < 4096:
+                self._budget_key_cache[key] = pair
+        return pair
+
     def _scrub(self, text: str) -> str:
         """``text`` without the URL's password (as given and percent-decoded)."""
         for secret in _secrets_of(self._url):
@@ -674,13 +921,63 @@ def _set_aside_args(record: SharedState) -> tuple[int, bytes] | None:
     return max(math.ceil(cooling * 1_000_000), 1), tail.encode()
 
 
+def _reserve_call(
+    store: RedisStateStore,
+    keys: Sequence[str],
+    index: int,
+    reports: Sequence[BudgetReport],
+    probe_ttl_s: float,
+) -> tuple[list[bytes], list[bytes | int]]:
+    """The reserve script's keys and arguments (see _RESERVE)."""
+    index = range(len(keys))[index]  # as a list index: negative counts from the end; IndexError if out
+    names = store._keys(keys)
+    names += store._budget_keys(keys[index])
+    args: list[bytes | int] = [len(keys), index + 1, max(math.ceil(probe_ttl_s * 1000), 1)]
+    _add_reports(store, reports, names, args)
+    return names, args
+
+
+def _report_call(
+    store: RedisStateStore, reports: Sequence[BudgetReport]
+) -> tuple[list[bytes], list[bytes | int]] | None:
+    """The report script's keys and arguments (see _REPORT), or None when there is nothing to apply."""
+    names: list[bytes] = []
+    args: list[bytes | int] = []
+    _add_reports(store, reports, names, args)
+    return (names, args) if names else None
+
+
+def _add_reports(
+    store: RedisStateStore, reports: Sequence[BudgetReport], names: list[bytes], args: list[bytes | int]
+) -> None:
+    for r in reports:
+        reset = r.reset_s
+        if not (isinstance(reset, int | float) and math.isfinite(reset)):
+            continue
+        names += store._budget_keys(r.key)
+        args.append(b"-" if r.remaining is None else int(r.remaining))
+        args.append(math.ceil(reset * 1_000_000) if reset > 0 else 0)
+        args.append(b"-" if r.limit is None else int(r.limit))
+
+
+def _parse_reservation(reply: Any, count: int) -> Reservation:
+    verdict, wait_us = int(reply[2]), int(reply[3])
+    return Reservation(verdict != 0, verdict == 2, wait_us / 1_000_000, _parse_load(reply, count, 2))
+
+
+def _local(count: int) -> Reservation:
+    """The answer while Redis is not asked: granted and counted nowhere, no record (local state decides)."""
+    return Reservation(True, False, 0.0, [None] * count)
+
+
 def _opt(value: int | None) -> str:
     return "-" if value is None else str(int(value))
 
 
-def _parse_load(reply: Any, count: int) -> list[SharedState | None]:
+def _parse_load(reply: Any, count: int, skip: int = 0) -> list[SharedState | None]:
+    """The records of a reply holding the server's TIME, ``skip`` other values, then the keys' values."""
     now_us = int(reply[0]) * 1_000_000 + int(reply[1])
-    values = reply[2:]
+    values = reply[2 + skip :]
     return [_parse_value(values[i] if i < len(values) else None, now_us) for i in range(count)]
 
 
@@ -767,3 +1064,10 @@ def _describe_client(client: Any) -> str:
         return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
     except Exception:
         return type(client).__name__
+
+
+if TYPE_CHECKING:
+
+    def _is_a_budget_store(store: RedisStateStore) -> BudgetStore:
+        """Type-checked only: mypy fails here if RedisStateStore stops matching the BudgetStore protocol."""
+        return store

@@ -7,6 +7,7 @@ backends are an in-memory ``MockTransport``, so a run of 200 requests takes a fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -18,8 +19,16 @@ import httpx
 import pytest
 from _redis_support import LOGGER, URL, Backends, FakeClock, RedisServer, records, text_of
 
-from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer, SharedState
-from openai_priority_loadbalancer.redis import RedisStateStore
+import redis
+from openai_priority_loadbalancer import (
+    AsyncLoadBalancer,
+    Backend,
+    BudgetReport,
+    LoadBalancer,
+    Reservation,
+    SharedState,
+)
+from openai_priority_loadbalancer.redis import _MAX_CALLS, RedisStateStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -208,8 +217,10 @@ def _phases(
     """Drive a run of 200 requests in three phases; yields how many requests to send in each.
 
     Redis up: 60 requests, b answers a 429 that is shared. Redis killed: 80 requests, a answers a
-    short 429 that stays local. Redis restarted (empty) and the backoff over: 60 requests, a answers
-    a 429 that is shared again.
+    short 429 that stays local. Redis restarted (empty) and the backoff over: one request, whose
+    reservation is the store's retry, then 59 more, where a answers a 429 that is shared again.
+    (Requests sent while that retry is out skip Redis, as every call does until it answers: a 429
+    met meanwhile would stay local, which is why the retry goes alone.)
     """
     handler.throttle("b.example", 5.0)
     yield 60
@@ -221,10 +232,13 @@ def _phases(
     server.start()  # same port, empty
     clock.advance(0.5)  # the store's backoff is over: its next call tries Redis again
     time.sleep(0.06)  # a's local cooldown is over too
+    yield 1
     handler.throttle("a.example", 5.0)
-    yield 60
+    yield 59
     assert not handler.pending_429, "every 429 was answered"
     assert _shared(observer, KEY_A), "sharing resumed: the new 429 from a reached Redis"
+    with contextlib.closing(redis.Redis(port=server.port)) as raw:
+        assert raw.keys("*#budget"), "reservations resumed: the restarted Redis counts budgets again"
 
 
 def _shared(store: RedisStateStore, key: str) -> bool:
@@ -289,6 +303,72 @@ async def test_redis_killed_mid_run_async(redis_server: RedisServer, log: pytest
     _other_process_avoids_a(redis_server, handler)
     await store.aclose()
     observer.close()
+
+
+# -- reservations while Redis is unavailable -----------------------------------------------------
+
+
+def test_reservations_are_granted_locally_while_redis_is_down(
+    dropping: Listener, log: pytest.LogCaptureFixture
+) -> None:
+    """Granted, counted nowhere, no record: the balancer decides on its local state. One warning, and
+    during the backoff not even a connection."""
+    clock = FakeClock()
+    store = RedisStateStore.from_url(dropping.url, clock=clock)
+    keys = [KEY_A, KEY_B]
+    first = store.reserve(keys, 1, [BudgetReport(KEY_A, 3, 1.0, 4)], 10.0)
+    time.sleep(0.02)
+    tried = dropping.accepted
+    answers = [store.reserve(keys, 0, [], 10.0) for _ in range(50)]
+    store.report([BudgetReport(KEY_A, 0, 1.0, 4)])
+    assert dropping.accepted == tried
+    store.close()
+    assert first == Reservation(True, False, 0.0, [None, None])
+    assert all(a == first for a in answers)
+    assert len(records(log, logging.WARNING)) == 1
+
+
+async def test_async_reservations_are_granted_locally_while_redis_is_down(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    store = RedisStateStore.from_url(f"redis://127.0.0.1:{_free_port()}/0")
+    answers = [await store.areserve([KEY_A], 0, [], 10.0) for _ in range(20)]
+    await store.areport([BudgetReport(KEY_A, 0, 1.0, 4)])
+    await store.aclose()
+    assert all(a == Reservation(True, False, 0.0, [None]) for a in answers)
+    assert len(records(log, logging.WARNING)) == 1
+
+
+def test_a_reservation_that_cannot_get_a_turn_goes_on_locally(redis_server: RedisServer) -> None:
+    """Every slot busy for longer than a call may take: the request goes on without the store, and
+    without calling Redis unavailable."""
+    store = RedisStateStore.from_url(redis_server.url, socket_timeout=0.01)
+    for _ in range(_MAX_CALLS):
+        store._slots.acquire()
+    start = time.perf_counter()
+    answer = store.reserve([KEY_A], 0, [], 10.0)
+    store.report([BudgetReport(KEY_A, 0, 1.0, 4)])
+    elapsed = time.perf_counter() - start
+    for _ in range(_MAX_CALLS):
+        store._slots.release()
+    assert answer == Reservation(True, False, 0.0, [None])
+    assert 0.03 < elapsed < 0.5  # two waits of 2 x (connect + read timeouts)
+    assert store.reserve([KEY_A], 0, [], 10.0).probe  # Redis was never called unavailable
+    store.close()
+
+
+async def test_an_async_reservation_that_cannot_get_a_turn_goes_on_locally(redis_server: RedisServer) -> None:
+    store = RedisStateStore.from_url(redis_server.url, socket_timeout=0.01)
+    slots = store._loop_state().slots
+    for _ in range(_MAX_CALLS):
+        await slots.acquire()
+    answer = await store.areserve([KEY_A], 0, [], 10.0)
+    await store.areport([BudgetReport(KEY_A, 0, 1.0, 4)])
+    for _ in range(_MAX_CALLS):
+        slots.release()
+    assert answer == Reservation(True, False, 0.0, [None])
+    assert (await store.areserve([KEY_A], 0, [], 10.0)).probe
+    await store.aclose()
 
 
 def test_no_warning_while_redis_works(redis_server: RedisServer, log: pytest.LogCaptureFixture) -> None:

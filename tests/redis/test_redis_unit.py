@@ -18,14 +18,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import redis
-from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer, StateStore
+from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, BudgetStore, LoadBalancer, StateStore
 from openai_priority_loadbalancer.redis import RedisStateStore, _redact_url
 
 BACKENDS = [Backend("a.example", 1), Backend("b.example", 2)]
 
 
-def test_it_is_a_state_store() -> None:
-    assert isinstance(RedisStateStore.from_url("redis://127.0.0.1:6379/0"), StateStore)
+def test_it_is_a_state_store_and_a_budget_store() -> None:
+    store = RedisStateStore.from_url("redis://127.0.0.1:6379/0")
+    assert isinstance(store, StateStore)
+    assert isinstance(store, BudgetStore)
 
 
 def test_a_client_is_needed() -> None:
