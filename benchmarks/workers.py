@@ -1,20 +1,24 @@
 """Many workers: 4 processes sharing backends, with each its own state or one state on Redis.
 
 Production apps run several workers (gunicorn/uvicorn workers, Celery, pods). Without shared state each
-one learns that a backend is throttled by hitting it, so the backends answer more 429s than they would
-to one process doing the same work. This runs the same work three ways against the simulator and counts
-what the backends answered:
+one learns that a backend is throttled by hitting it, and each spends the budget it believes a backend
+has left, so the backends answer more 429s than they would to one process doing the same work. This
+runs the same work three ways against the simulator and counts what the backends answered:
 
 * ``1 process``: one process, 192 requests, 12 at a time (the reference);
 * ``4 processes, local``: 4 processes x 48 requests, 3 at a time each, each balancer on its own state;
-* ``4 processes, Redis``: the same, the balancers sharing state through ``RedisStateStore``.
+* ``4 processes, Redis``: the same, the balancers sharing state through ``RedisStateStore``: cooldowns,
+  and each backend's request budget (every attempt first reserves one of its backend's requests).
 
 Every process sends chat completions through the real openai SDK (``AzureOpenAI``, default settings:
 two retries, its own HTTP client) over a ``LoadBalancer``. The backends are three simulated instances of
 4 requests per 1 s window each (50 ms latency), all of priority 1, and in a second topology of
 priorities 1-2-2. A fresh simulator serves each run; a ``redis-server`` is started here on a free
 loopback port. Columns: ok and failed requests, wall time, the 429s the instances answered, the share of
-successes served by priority 1, and for Redis the round trips (EVALSHA calls) per request.
+successes served by priority 1, and for Redis the round trips (EVALSHA calls) per request: one per
+reservation, granted or refused (a request refused by every backend's budget waits for the soonest
+window and asks again), and one more per window whose budget a request found out (its report).
+Below the table: what one reservation and one load of three keys take on loopback.
 
     PYTHONPATH=src python benchmarks/workers.py            # the table (about two minutes)
     PYTHONPATH=src python benchmarks/workers.py --quick    # a smoke run: fewer requests, judges nothing
@@ -229,32 +233,46 @@ class RedisServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def measure_load_us(redis: RedisServer, n: int) -> dict[str, float]:
-    """Microseconds one ``load`` of three keys takes on loopback, sync and async (nothing stored)."""
+def measure_store_us(redis: RedisServer, n: int) -> dict[str, dict[str, float]]:
+    """Microseconds one call of three keys takes on loopback, sync and async: ``reserve`` as a balancer
+    makes it when nothing is throttled (granted, the previous answer's report riding along), and
+    ``load`` (nothing stored)."""
     import asyncio
 
+    from openai_priority_loadbalancer import BudgetReport
     from openai_priority_loadbalancer.redis import RedisStateStore
 
     keys = [f"https://{name}.example:443/" for name in NAMES]
-    store = RedisStateStore.from_url(redis.url, prefix="oplb-bench-load:")
-    store.load(keys)
-    start = time.perf_counter()
-    for _ in range(n):
-        store.load(keys)
-    sync_us = (time.perf_counter() - start) / n * 1e6
-
-    async def measure() -> float:
-        await store.aload(keys)
+    store = RedisStateStore.from_url(redis.url, prefix="oplb-bench-store:")
+    # Budgets as in steady state: a counter no run here spends, renewed by each report.
+    reports = [BudgetReport(keys[1], 1_000_000, 60.0, 1_000_000)]
+    calls: dict[str, tuple[Any, Any]] = {
+        "reserve": (
+            lambda: store.reserve(keys, 1, reports, 10.0),
+            lambda: store.areserve(keys, 1, reports, 10.0),
+        ),
+        "load": (lambda: store.load(keys), lambda: store.aload(keys)),
+    }
+    result: dict[str, dict[str, float]] = {}
+    for name, (sync_call, async_call) in calls.items():
+        sync_call()
         start = time.perf_counter()
         for _ in range(n):
-            await store.aload(keys)
-        elapsed = (time.perf_counter() - start) / n * 1e6
-        await store.aclose()
-        return elapsed
+            sync_call()
+        sync_us = (time.perf_counter() - start) / n * 1e6
 
-    async_us = asyncio.run(measure())
+        async def measure(async_call: Any = async_call) -> float:
+            await async_call()
+            start = time.perf_counter()
+            for _ in range(n):
+                await async_call()
+            elapsed = (time.perf_counter() - start) / n * 1e6
+            await store.aclose()
+            return elapsed
+
+        result[name] = {"sync_us": round(sync_us, 1), "async_us": round(asyncio.run(measure()), 1)}
     store.close()
-    return {"sync_us": round(sync_us, 1), "async_us": round(async_us, 1)}
+    return result
 
 
 # ---------------------------------------------------------------------- report
@@ -289,12 +307,12 @@ def render(results: dict[str, Any], plan: Plan) -> str:
                 f"{topology:<9} {setup:<20} {row['ok']:>5} {failed:>7} {row['wall_s']:>7.2f} "
                 f"{row['backend_429s']:>5} {ratio:>9} {share:>8} {rtt:>7}"
             )
-    load = results["load_us"]
-    lines += [
-        "",
-        f"RedisStateStore.load of 3 keys on loopback: {load['sync_us']:.0f} µs sync, "
-        f"{load['async_us']:.0f} µs async",
-    ]
+    lines.append("")
+    for name, cost in results["store_us"].items():
+        lines.append(
+            f"RedisStateStore.{name} of 3 keys on loopback: {cost['sync_us']:.0f} µs sync, "
+            f"{cost['async_us']:.0f} µs async"
+        )
     lines.append("")
     for topology, verdict in results["targets"].items():
         lines.append(
@@ -338,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.json:
                     print(f"  {topology} {setup}: {rows[setup]['backend_429s']} 429s", file=sys.stderr)
             results["topologies"][topology] = rows
-        results["load_us"] = measure_load_us(redis, 300 if args.quick else 3000)
+        results["store_us"] = measure_store_us(redis, 300 if args.quick else 3000)
     finally:
         redis.close()
     results["targets"] = judge(results)
