@@ -201,6 +201,12 @@ async def test_the_async_forms_do_the_same(redis_server: RedisServer) -> None:
     assert aside.records[1].failures == 2
 
 
+def test_a_report_without_a_finite_reset_is_skipped(store: RedisStateStore, raw: redis.Redis) -> None:
+    store.report([BudgetReport(KEYS[0], 1, float("inf"), 4), BudgetReport(KEYS[1], 1, float("nan"), 4)])
+    assert store.reserve(KEYS, 0, [BudgetReport(KEYS[0], 1, float("nan"), 4)], TTL).probe
+    assert sorted(raw.keys("*")) == [f"oplb:{KEYS[0]}#budget".encode()]  # the probe's, nothing else
+
+
 def test_an_index_is_a_list_index(store: RedisStateStore) -> None:
     assert store.reserve(KEYS, -1, [], TTL).probe  # the last key: b
     assert not store.reserve(KEYS, 1, [], TTL).granted

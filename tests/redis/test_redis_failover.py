@@ -339,6 +339,34 @@ async def test_async_reservations_are_granted_locally_while_redis_is_down(
     assert len(records(log, logging.WARNING)) == 1
 
 
+@pytest.mark.parametrize("first", ["report", "set_aside"])
+def test_a_write_meeting_redis_down_first_warns_once(
+    first: str, dropping: Listener, log: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStateStore.from_url(dropping.url)
+    if first == "report":
+        store.report([BudgetReport(KEY_A, 0, 1.0, 4)])
+    else:
+        store.set_aside(KEY_A, SharedState(1.0, "throttled", 0))
+    assert store.reserve([KEY_A], 0, [], 10.0) == Reservation(True, False, 0.0, [None])
+    store.close()
+    assert len(records(log, logging.WARNING)) == 1
+
+
+@pytest.mark.parametrize("first", ["report", "set_aside"])
+async def test_an_async_write_meeting_redis_down_first_warns_once(
+    first: str, dropping: Listener, log: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStateStore.from_url(dropping.url)
+    if first == "report":
+        await store.areport([BudgetReport(KEY_A, 0, 1.0, 4)])
+    else:
+        await store.aset_aside(KEY_A, SharedState(1.0, "throttled", 0))
+    assert await store.areserve([KEY_A], 0, [], 10.0) == Reservation(True, False, 0.0, [None])
+    await store.aclose()
+    assert len(records(log, logging.WARNING)) == 1
+
+
 def test_a_reservation_that_cannot_get_a_turn_goes_on_locally(redis_server: RedisServer) -> None:
     """Every slot busy for longer than a call may take: the request goes on without the store, and
     without calling Redis unavailable."""
