@@ -218,6 +218,7 @@ class BaseLoadBalancer:
         attempts: list[Attempt] = []
         tried: set[int] = set()  # backends this request tried since it last waited
         deadline: float | None = None  # set when the request first finds no backend
+        awaiting_probe = False  # a backend was refused while another balancer's probe of it is out
         emit = self._on_event
         loads = self._store is not None and self._budgets is None
         while True:
@@ -228,7 +229,7 @@ class BaseLoadBalancer:
             if state is None:
                 if deadline is None:
                     deadline = now + self._wait_budget(request)
-                delay = self._next_chance(now)
+                delay = self._next_chance(now, awaiting_probe)
                 if now + delay > deadline:
                     return self._synthesize_429(lib, request, now, attempts)
                 logger.debug("waiting for a backend wait_s=%.3f", delay)
@@ -236,6 +237,7 @@ class BaseLoadBalancer:
                 if emit is not None:
                     self._emit(WaitedEvent(self._wall_clock(), self._clock() - now))
                 tried.clear()
+                awaiting_probe = False
                 continue
             tried.add(state.index)
             backend = state.backend
@@ -250,6 +252,7 @@ class BaseLoadBalancer:
                     self._merge_shared(reservation.records)
                     if not reservation.granted:
                         self._unchoose(state, probe, reservation.wait_s, now)
+                        awaiting_probe = awaiting_probe or not reservation.wait_s
                         continue
                     shared_probe = reservation.probe
             if emit is not None:
@@ -260,11 +263,15 @@ class BaseLoadBalancer:
                     token = yield (TOKEN, backend.azure_ad_token_provider)
                 except BaseException:
                     self._release(state, probe, now)
+                    if shared_probe:
+                        yield (SHARE, ("report", (self._probe_report(state),)))
                     raise
             try:
                 attempt = self._attempt_request(lib, request, backend, token)
             except BaseException:
                 self._release(state, probe, now)
+                if shared_probe:
+                    yield (SHARE, ("report", (self._probe_report(state),)))
                 raise
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
@@ -293,6 +300,8 @@ class BaseLoadBalancer:
                 raise
             except BaseException:
                 self._release(state, probe, now)
+                if shared_probe:  # it ends unanswered: let the next request probe, not in 10 s
+                    yield (SHARE, ("report", (self._probe_report(state),)))
                 raise
             elapsed = self._clock() - now
             attempts.append(Attempt(backend.id, response.status_code, None, elapsed))
@@ -376,7 +385,7 @@ class BaseLoadBalancer:
             state.requests -= 1
             if probe:
                 state.probing = False
-            if wait_s:
+            if wait_s and now + wait_s > state.cooling_until:  # not already set aside by a shared record
                 self._set_aside(state, now, wait_s, "exhausted", "shared budget")
 
     # ------------------------------------------------------------------ choosing
@@ -713,14 +722,15 @@ class BaseLoadBalancer:
             return float(read)
         return self._max_wait_s
 
-    def _next_chance(self, now: float) -> float:
-        """Seconds until some backend may take a request: its cooldown ends, or a probe may have returned."""
+    def _next_chance(self, now: float, awaiting_probe: bool = False) -> float:
+        """Seconds until some backend may take a request: its cooldown ends, or a probe may have
+        returned (one of ours, or, with ``awaiting_probe``, another balancer's)."""
         with self._lock:
             soonest = min(s.cooling_until for s in self._states)
-            probing = any(s.probing for s in self._states)
+            probing = awaiting_probe or any(s.probing for s in self._states)
         delay = soonest - now
         if probing:
-            delay = min(delay, _PROBE_POLL_S)
+            delay = min(delay, _PROBE_POLL_S) if delay > 0 else _PROBE_POLL_S
         return max(delay, _MIN_WAIT_S)
 
     def _synthesize_429(

@@ -12,6 +12,7 @@ stores for remote engines fail open themselves, with short timeouts (see :mod:`.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -124,9 +125,10 @@ class BudgetStore(StateStore, Protocol):
     - the backend set aside (a live record): refused for as long as the record lasts.
 
     ``reports`` (applied first, and by ``report``) set the counter to what the backend said, or
-    lower it to that if it holds more; a report without a budget marks the backend unmetered for a
-    minute (every reservation granted). Each report also records the limit, and the longest window
-    seen, which is how long a counter started from the limit lives.
+    lower it to that if it holds more (never ending its window sooner); a report whose ``reset_s``
+    is 0 forgets the counter; a report without a budget marks the backend unmetered for a minute
+    (every reservation granted). Each report also records the limit, and the longest window seen
+    (rounded up to a tenth of a second), which is how long a counter started from the limit lives.
     """
 
     def reserve(
@@ -140,6 +142,13 @@ class BudgetStore(StateStore, Protocol):
     def report(self, reports: Sequence[BudgetReport]) -> None: ...
 
     async def areport(self, reports: Sequence[BudgetReport]) -> None: ...
+
+
+def window_of(reset_s: float) -> float:
+    """A window's length from a reset seen in it: rounded up to a tenth of a second, because a reset
+    reaches the store a little after it was measured, and a window that ends early in the store
+    would let a new one begin while the backend's is still running."""
+    return math.ceil(round(reset_s * 10, 6)) / 10
 
 
 #: How long a backend that answered without budget headers counts as unmetered.
@@ -272,13 +281,18 @@ class MemoryStateStore:
     def _apply(self, reports: Sequence[BudgetReport], now: float) -> None:
         for r in reports:
             if r.limit is not None:
-                window = max(r.reset_s, self._limits.get(r.key, (0, 0.0))[1])
+                window = max(window_of(r.reset_s), self._limits.get(r.key, (0, 0.0))[1])
                 self._limits[r.key] = (r.limit, window)
             if r.remaining is None:
                 self._budgets[r.key] = (now + UNMETERED_S, _UNMETERED)
                 continue
+            if r.reset_s <= 0:
+                self._budgets.pop(r.key, None)
+                continue
             entry = self._budgets.get(r.key)
-            left = r.remaining
+            left, expires = r.remaining, now + r.reset_s
             if entry is not None and entry[0] > now and isinstance(entry[1], int):
-                left = min(left, entry[1])
-            self._budgets[r.key] = (now + r.reset_s, left)
+                # A report only lowers a live counter, and never ends its window sooner: a report of
+                # the window before, arriving late, must not end the current one.
+                left, expires = min(left, entry[1]), max(expires, entry[0])
+            self._budgets[r.key] = (expires, left)

@@ -140,14 +140,15 @@ return 0
 #
 # _APPLY: applies ``count`` reports; report i has its budget and limit keys at KEYS[kb + 2i] and
 # KEYS[kb + 2i + 1], and remaining ('-': unmetered), reset (µs) and limit ('-': not said) at ARGV[ab + 3i..].
-# A report sets the counter to what the backend said, lowering a live counter only; reset <= 0 forgets it.
+# A report sets the counter to what the backend said, lowering a live counter only and never ending its
+# window sooner; reset <= 0 forgets it. The longest window is kept rounded up to a tenth of a second.
 _APPLY: Final = """
 local function apply(kb, ab, count)
   for i = 0, count - 1 do
     local budget, limitkey = KEYS[kb + 2 * i], KEYS[kb + 2 * i + 1]
     local remaining, reset, limit = ARGV[ab + 3 * i], tonumber(ARGV[ab + 3 * i + 1]), ARGV[ab + 3 * i + 2]
     if limit ~= '-' then
-      local window = reset
+      local window = math.ceil(reset / 100000 - 0.000001) * 100000  -- window_of(): up to a tenth of a second
       local kept = redis.call('GET', limitkey)
       if kept then
         local seen = tonumber(string.match(kept, ' (%d+)$'))
@@ -161,10 +162,15 @@ local function apply(kb, ab, count)
     elseif reset <= 0 then
       redis.call('DEL', budget)
     else
-      local left = tonumber(remaining)
+      local left, px = tonumber(remaining), math.ceil(reset / 1000)
       local kept = tonumber(redis.call('GET', budget))
-      if kept and kept < left then left = kept end
-      redis.call('SET', budget, string.format('%.0f', left), 'PX', math.ceil(reset / 1000))
+      if kept then
+        -- Only lower a live counter, and never end its window sooner (a late report of the last one).
+        if kept < left then left = kept end
+        local ttl = redis.call('PTTL', budget)
+        if ttl > px then px = ttl end
+      end
+      redis.call('SET', budget, string.format('%.0f', left), 'PX', px)
     end
   end
 end

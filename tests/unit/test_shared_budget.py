@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import FakeClock
 
 from openai_priority_loadbalancer import (
     Backend,
@@ -22,6 +21,18 @@ from openai_priority_loadbalancer import (
     SharedState,
     StateStore,
 )
+
+
+class FakeClock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
 
 KEYS = ["https://a:443", "https://b:443"]
 URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
@@ -169,3 +180,55 @@ def test_sharing_budgets_balancers_never_overspend_a_window(clock: FakeClock) ->
     backend = _run(clock, state=MemoryStateStore(clock=clock))
     assert backend.throttled == 0
     assert all(n == 5 for n in backend.served.values())  # and the backend's capacity is used
+
+
+def test_a_late_report_of_the_last_window_does_not_end_the_current_one(
+    store: MemoryStateStore, clock: FakeClock
+) -> None:
+    """A report measured in the window before arrives after the next began: it may lower the
+    counter, but its (almost spent) reset must not end the new window, or a third would begin."""
+    store.report([BudgetReport(KEYS[0], 3, 1.0, 4)])
+    clock.advance(1.0)  # the window ended; the next starts from the limit
+    assert [store.reserve(KEYS, 0, [], 10.0).granted for _ in range(5)] == [True] * 4 + [False]
+    late = BudgetReport(KEYS[0], 1, 0.0001, 4)
+    assert not store.reserve(KEYS, 0, [late], 10.0).granted
+    clock.advance(0.01)
+    refused = store.reserve(KEYS, 0, [], 10.0)
+    assert not refused.granted  # still the same window, still spent
+    assert refused.wait_s == pytest.approx(0.99)
+
+
+def test_the_window_is_rounded_up_to_a_tenth_of_a_second(store: MemoryStateStore, clock: FakeClock) -> None:
+    """A reset reaches the store a little after it was measured: 0.97 s left means a 1 s window."""
+    store.report([BudgetReport(KEYS[0], 0, 0.97, 2)])
+    clock.advance(0.97)
+    assert [store.reserve(KEYS, 0, [], 10.0).granted for _ in range(3)] == [True, True, False]
+    clock.advance(0.98)
+    assert not store.reserve(KEYS, 0, [], 10.0).granted  # the counter lives 1.0 s, not 0.97
+    clock.advance(0.02)
+    assert store.reserve(KEYS, 0, [], 10.0).granted
+
+
+async def test_a_cancelled_probe_lets_the_next_request_probe_at_once() -> None:
+    """A request holding a backend's shared probe is cancelled: it says so, instead of leaving every
+    balancer refused that backend until the probe's TTL."""
+    import asyncio
+
+    from openai_priority_loadbalancer import AsyncLoadBalancer, shared_key
+
+    store = MemoryStateStore()
+    gate = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await gate.wait()
+        return httpx.Response(200)
+
+    lb = AsyncLoadBalancer([Backend("a.example", 1)], transport=httpx.MockTransport(handler), state=store)
+    keys = [shared_key(lb.backends[0])]
+    task = asyncio.create_task(lb.handle_async_request(httpx.Request("POST", URL, content=b"{}")))
+    await asyncio.sleep(0.01)
+    assert not store.reserve(keys, 0, [], 10.0).granted  # its probe is out
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.reserve(keys, 0, [], 10.0).probe
