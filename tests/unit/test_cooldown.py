@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from openai_priority_loadbalancer._cooldown import (
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 LOGGER_NAME = "openai-priority-loadbalancer"
+
+# These properties are about values, not speed: on a loaded 2-core CI machine drawing the header
+# dictionaries can be slow, which must not fail the run (the default deadline and too_slow check).
+settings.register_profile("values", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("values")
 
 
 def short_id(value: object) -> str:
