@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ._backend import Backend
-from ._cooldown import DEFAULT_MAX_COOLDOWN_S, read_count, read_rate_limit
+from ._cooldown import DEFAULT_MAX_COOLDOWN_S, RateLimitInfo, read_count, read_rate_limit
 from ._events import (
     AbandonedEvent,
     AttemptEvent,
@@ -264,14 +264,14 @@ class BaseLoadBalancer:
                 except BaseException:
                     self._release(state, probe, now)
                     if shared_probe:
-                        yield (SHARE, ("report", (self._probe_report(state),)))
+                        yield self._end_probe(state)
                     raise
             try:
                 attempt = self._attempt_request(lib, request, backend, token)
             except BaseException:
                 self._release(state, probe, now)
                 if shared_probe:
-                    yield (SHARE, ("report", (self._probe_report(state),)))
+                    yield self._end_probe(state)
                 raise
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
@@ -289,19 +289,19 @@ class BaseLoadBalancer:
                 if share is not None:
                     yield (SHARE, share)
                 if shared_probe:
-                    yield (SHARE, ("report", (self._probe_report(state),)))
+                    yield self._end_probe(state)
                 continue
             except lib.silent_errors as exc:
                 _, share = self._on_error(state, probe, exc, now)
                 if share is not None:
                     yield (SHARE, share)
                 if shared_probe:
-                    yield (SHARE, ("report", (self._probe_report(state),)))
+                    yield self._end_probe(state)
                 raise
             except BaseException:
                 self._release(state, probe, now)
                 if shared_probe:  # it ends unanswered: let the next request probe, not in 10 s
-                    yield (SHARE, ("report", (self._probe_report(state),)))
+                    yield self._end_probe(state)
                 raise
             elapsed = self._clock() - now
             attempts.append(Attempt(backend.id, response.status_code, None, elapsed))
@@ -310,7 +310,7 @@ class BaseLoadBalancer:
                 for share in shares:
                     yield (SHARE, share)
             if shared_probe:
-                yield (SHARE, ("report", (self._probe_report(state),)))
+                yield self._end_probe(state)
             if keep:
                 response.extensions[EXTENSION] = Routing(backend.id, tuple(attempts))
                 if self._backend_header is not None:
@@ -366,6 +366,10 @@ class BaseLoadBalancer:
         ]
         return (self._shared_keys, state.index, reports, _SHARED_PROBE_TTL_S)
 
+    def _end_probe(self, state: BackendState) -> Action:
+        """The action that ends this balancer's shared probe of ``state``'s backend, however it ended."""
+        return (SHARE, ("report", (self._probe_report(state),)))
+
     def _probe_report(self, state: BackendState) -> list[BudgetReport]:
         """What the window's shared probe found, for every balancer: the budget its answer reported,
         else that nothing is known (which ends the probe, so that the next request may try)."""
@@ -381,10 +385,8 @@ class BaseLoadBalancer:
     def _unchoose(self, state: BackendState, probe: bool, wait_s: float | None, now: float) -> None:
         """Undo a choice the shared budget refused (or that was cancelled before it was sent)."""
         with self._lock:
-            state.in_flight -= 1
+            state.end_attempt(probe)
             state.requests -= 1
-            if probe:
-                state.probing = False
             if wait_s and now + wait_s > state.cooling_until:  # not already set aside by a shared record
                 self._set_aside(state, now, wait_s, "exhausted", "shared budget")
 
@@ -516,9 +518,7 @@ class BaseLoadBalancer:
         recovered = 0
         shares: list[Share] | None = [] if self._store is not None else None
         with self._lock:
-            state.in_flight -= 1
-            if probe:
-                state.probing = False
+            state.end_attempt(probe)
             state.probe_first = False
             state.add_latency(now - started)
             if state.failures and status not in _RETRY_STATUSES:
@@ -529,9 +529,7 @@ class BaseLoadBalancer:
                     shares.append(("clear_failure", (self._shared_keys[state.index],)))
             if status == 429:
                 state.throttled += 1
-                info = read_rate_limit(
-                    headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s
-                )
+                info = self._rate_limit(headers)
                 cooldown = info.cooldown_s if info.cooldown_s is not None else self._default_cooldown_s
                 self._set_aside(state, now, cooldown, "throttled", status)
                 # When the cooldown ends, so has the window: expect its full budget where the backend
@@ -549,9 +547,7 @@ class BaseLoadBalancer:
             elif status in _RETRY_STATUSES:
                 # Only Retry-After counts on a 5xx: a reset header there speaks of the budget, not the outage.
                 retry = {k: v for k in ("retry-after-ms", "retry-after") if (v := headers.get(k)) is not None}
-                info = read_rate_limit(
-                    retry, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s
-                )
+                info = self._rate_limit(retry)
                 event = self._fail(state, now, info.cooldown_s or 0.0, str(status), started)
                 keep = False
                 if shares is not None:
@@ -567,6 +563,8 @@ class BaseLoadBalancer:
                     # after it was sent: half the answer's time, and no more than _ADMISSION_DELAY_S.
                     admitted = started + min((now - started) / 2, _ADMISSION_DELAY_S)
                     remaining = read_count("x-ratelimit-remaining-requests", requests_left)
+                    # Sharing budgets needs every answer's reset; otherwise it is read only when needed.
+                    whole = self._rate_limit(headers) if self._budgets is not None else None
                     spent = self._note_budget(
                         state,
                         seq,
@@ -574,11 +572,14 @@ class BaseLoadBalancer:
                         admitted,
                         remaining,
                         read_count("x-ratelimit-remaining-tokens", tokens_left),
+                        whole,
                     )
                     if spent is not None and shares is not None:
                         shares.append(self._set_aside_record(state, "exhausted", *spent))
                     if self._budgets is not None and remaining is not None:
-                        self._pending_reports[state.index] = self._budget_report(headers, admitted, remaining)
+                        self._pending_reports[state.index] = self._budget_report(
+                            headers, whole, admitted, remaining
+                        )
                 elif status < 400:
                     # It took a request and says nothing of its budget: no belief that it is spent survives.
                     state.forget_budget()
@@ -592,11 +593,16 @@ class BaseLoadBalancer:
                 self._emit(RecoveredEvent(self._wall_clock(), state.backend.id, recovered))
         return keep, shares
 
+    def _rate_limit(self, headers: Any) -> RateLimitInfo:
+        """Every rate-limit header of an answer, read with this balancer's clock and bounds."""
+        return read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
+
     def _budget_report(
-        self, headers: Any, admitted: float, remaining: int
+        self, headers: Any, info: RateLimitInfo | None, admitted: float, remaining: int
     ) -> tuple[int | None, float, int | None]:
         """A pending budget report (remaining, reset time, limit) from a success's headers."""
-        info = read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
+        if info is None:
+            info = self._rate_limit(headers)
         reset = info.reset_requests_s if info.reset_requests_s is not None else self._default_cooldown_s
         limit = _int_header(headers, "x-ratelimit-limit-requests", None)
         return remaining, admitted + reset, limit
@@ -620,6 +626,7 @@ class BaseLoadBalancer:
         admitted: float,
         remaining_requests: int | None,
         remaining_tokens: int | None,
+        info: RateLimitInfo | None = None,
     ) -> tuple[float, int | None, int | None] | None:
         """Remember the budget a success reported; set the backend aside until a known reset if it is spent.
 
@@ -633,6 +640,8 @@ class BaseLoadBalancer:
         read too: the report is believed until the reset, and a spent backend is set aside until
         then. The backend computed its reset when it admitted the attempt, so the reset counts from
         then (``admitted``), not from the (later) answer.
+
+        ``info`` is the answer's headers read whole, if the caller read them already.
 
         Returns, if the backend was set aside: for how long, and the remaining requests and tokens
         it reported.
@@ -649,7 +658,8 @@ class BaseLoadBalancer:
             state.budget_expires = now + self._default_cooldown_s
             return None
         state.limit_requests = _int_header(headers, "x-ratelimit-limit-requests", state.limit_requests)
-        info = read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
+        if info is None:
+            info = self._rate_limit(headers)
         reset = (
             info.reset_tokens_s if info.remaining_tokens == 0 else info.reset_requests_s
         ) or info.cooldown_s
@@ -666,9 +676,7 @@ class BaseLoadBalancer:
         now = self._clock()
         share: Share | None = None
         with self._lock:
-            state.in_flight -= 1
-            if probe:
-                state.probing = False
+            state.end_attempt(probe)
             state.probe_first = False
             event = self._fail(state, now, 0.0, type(exc).__name__, started)
             if self._store is not None:
@@ -680,9 +688,7 @@ class BaseLoadBalancer:
     def _release(self, state: BackendState, probe: bool, started: float) -> None:
         """Undo the in-flight count of an attempt that ended for a reason that is not the backend's."""
         with self._lock:
-            state.in_flight -= 1
-            if probe:
-                state.probing = False
+            state.end_attempt(probe)
         if self._on_event is not None:
             self._emit(AbandonedEvent(self._wall_clock(), state.backend.id, self._clock() - started))
 

@@ -84,6 +84,12 @@ class BackendState:
         self.latencies = array("d")
         self.latency_count = 0
 
+    def end_attempt(self, probe: bool) -> None:
+        """One attempt is no longer in flight (and, if it was the probe, the probe is back)."""
+        self.in_flight -= 1
+        if probe:
+            self.probing = False
+
     def add_latency(self, seconds: float) -> None:
         if len(self.latencies) < LATENCY_WINDOW:
             self.latencies.append(seconds)
