@@ -8,6 +8,7 @@ on the same port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -15,6 +16,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 from _redis_support import HERE, SRC, RedisServer
+
+import redis
+from openai_priority_loadbalancer.redis import RedisStateStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -52,3 +56,18 @@ def worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
     return env
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[RedisStateStore]:
+    """A store on this test's own server, closed after the test."""
+    s = RedisStateStore.from_url(redis_server.url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain redis-py client on this test's own server, to look at what the store wrote."""
+    with contextlib.closing(redis.Redis(port=redis_server.port)) as client:
+        yield client

@@ -24,7 +24,6 @@ import pytest
 from _redis_support import HERE, URL
 from redis.crc import key_slot
 
-import redis
 from openai_priority_loadbalancer import (
     Backend,
     BudgetReport,
@@ -38,27 +37,14 @@ from openai_priority_loadbalancer import (
 from openai_priority_loadbalancer.redis import RedisStateStore
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from _redis_support import RedisServer
+
+    import redis
 
 pytestmark = pytest.mark.redis
 
 KEYS = ["https://a:443", "https://b:443"]
 TTL = 10.0  # the probe's
-
-
-@pytest.fixture
-def store(redis_server: RedisServer) -> Iterator[RedisStateStore]:
-    s = RedisStateStore.from_url(redis_server.url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    with contextlib.closing(redis.Redis(port=redis_server.port)) as client:
-        yield client
 
 
 def granted(store: RedisStateStore, n: int, index: int = 0) -> list[bool]:

@@ -31,7 +31,7 @@ from openai_priority_loadbalancer import (
 from openai_priority_loadbalancer.redis import _MAX_CALLS, RedisStateStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from _redis_support import RedisServer
 
@@ -39,19 +39,6 @@ pytestmark = pytest.mark.redis
 
 KEY = "https://eastus.example:443/"
 BACKENDS = [Backend("a.example", 1), Backend("b.example", 1), Backend("c.example", 2)]
-
-
-@pytest.fixture
-def store(redis_server: RedisServer) -> Iterator[RedisStateStore]:
-    s = RedisStateStore.from_url(redis_server.url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    with contextlib.closing(redis.Redis(port=redis_server.port)) as client:
-        yield client
 
 
 # -- what a record holds -------------------------------------------------------------------------
