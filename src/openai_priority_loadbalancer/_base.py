@@ -187,7 +187,8 @@ class BaseLoadBalancer:
         self._backoff_max_s = float(failure_backoff_max_s)
         self._max_wait_s = float(max_wait_s)
         self._states = [BackendState(backend, i) for i, backend in enumerate(self.backends)]
-        self._shared_keys = [shared_key(b) for b in self.backends]
+        # The backends' names in the shared store (only a balancer with a store needs them).
+        self._shared_keys = [shared_key(b) for b in self.backends] if state is not None else []
         priorities = sorted({b.priority for b in self.backends})
         self._tiers = [[s for s in self._states if s.backend.priority == p] for p in priorities]
         self._equal_weights = len({b.weight for b in self.backends}) == 1
