@@ -292,14 +292,15 @@ def _sdk_backends(sim: Simulator) -> list[Backend]:
 
 
 def _sdk_client(lib: ModuleType, sim: Simulator, *, balanced: bool, asynchronous: bool) -> Any:
-    """An AzureOpenAI (or AsyncAzureOpenAI) client on ``lib``; the balanced one wraps the same transport."""
+    """An AzureOpenAI (or AsyncAzureOpenAI) client on ``lib``, each with its default transport: the
+    library's own, or a balancer with its default inner transports (a connection pool per backend)."""
     import openai
 
-    inner = lib.AsyncHTTPTransport() if asynchronous else lib.HTTPTransport()
     if balanced:
-        balancer = AsyncLoadBalancer if asynchronous else LoadBalancer
-        inner = balancer(_sdk_backends(sim), transport=inner)
-    http_client = lib.AsyncClient(transport=inner) if asynchronous else lib.Client(transport=inner)
+        transport = (AsyncLoadBalancer if asynchronous else LoadBalancer)(_sdk_backends(sim))
+    else:
+        transport = lib.AsyncHTTPTransport() if asynchronous else lib.HTTPTransport()
+    http_client = lib.AsyncClient(transport=transport) if asynchronous else lib.Client(transport=transport)
     sdk = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
     return sdk(
         azure_endpoint=sim.url("a"),

@@ -52,7 +52,8 @@ logger = logging.getLogger("openai-priority-loadbalancer")
 EXTENSION: Final = "openai_priority_loadbalancer"
 
 # Actions the flow yields to the transport loop.
-SEND: Final = 0  # value: the attempt's request; the loop sends back the response or throws the error
+# value: (the attempt's request, its backend's index); the loop sends back the response or throws the error
+SEND: Final = 0
 SLEEP: Final = 1  # value: seconds
 CLOSE: Final = 2  # value: a response the flow discards
 TOKEN: Final = 3  # value: a token provider; the loop sends back the token (awaiting it if needed)
@@ -283,7 +284,7 @@ class BaseLoadBalancer:
                     request.url.path,
                 )
             try:
-                response: Response = yield (SEND, attempt)
+                response: Response = yield (SEND, (attempt, state.index))
             except lib.failover_errors as exc:
                 record, share = self._on_error(state, probe, exc, now)
                 attempts.append(record)

@@ -58,7 +58,12 @@ def _connection_limits(lib: HttpLib) -> Any:
 
 
 class _Wrapping(BaseLoadBalancer):
-    """Owns the inner transports: the one given, or one per HTTP library, built on first need."""
+    """Owns the inner transports: the one given, or by default one per backend and HTTP library.
+
+    A connection pool per backend keeps each request's pool bookkeeping to that backend's own
+    connections: one pool for every backend would check every idle connection of every backend on
+    each request. The default transports share one TLS context per library and are built on first use.
+    """
 
     _factory: ClassVar[str]  # the library's transport class to build: "HTTPTransport" / "AsyncHTTPTransport"
 
@@ -67,25 +72,39 @@ class _Wrapping(BaseLoadBalancer):
             raise ImportError("openai-priority-loadbalancer needs httpx or httpx2: pip install httpx")
         super().__init__(backends, **options)
         self._transport = transport
-        self._inners: dict[str, Any] = {}
-        if transport is None:  # build now: creating an SSL context takes tens of milliseconds
+        # Library name -> each backend's transport (None until the backend is first used).
+        self._pools: dict[str, list[Any]] = {}
+        self._tls: dict[str, Any] = {}
+        if transport is None:  # the TLS contexts now: creating one takes tens of milliseconds
             for module in available_modules(imported_only=True):
-                self._inner(lib_for_module(module))
+                self._tls_context(lib_for_module(module))
 
-    def _inner(self, lib: HttpLib) -> Any:
+    def _inner(self, lib: HttpLib, index: int) -> Any:
+        """The transport to send an attempt on backend ``index`` through."""
         if self._transport is not None:
             return self._transport
-        inner = self._inners.get(lib.name)
-        if inner is None:
-            with self._lock:
-                inner = self._inners.get(lib.name)
-                if inner is None:
-                    factory = getattr(lib.module, self._factory)
-                    inner = self._inners[lib.name] = factory(limits=_connection_limits(lib))
-        return inner
+        pool = self._pools.get(lib.name)
+        inner = pool[index] if pool is not None else None
+        return inner if inner is not None else self._build(lib, index)
+
+    def _build(self, lib: HttpLib, index: int) -> Any:
+        with self._lock:
+            pool = self._pools.setdefault(lib.name, [None] * len(self.backends))
+            if pool[index] is None:
+                factory = getattr(lib.module, self._factory)
+                pool[index] = factory(verify=self._tls_context(lib), limits=_connection_limits(lib))
+            return pool[index]
+
+    def _tls_context(self, lib: HttpLib) -> Any:
+        context = self._tls.get(lib.name)
+        if context is None:
+            context = self._tls.setdefault(lib.name, lib.module.create_ssl_context())
+        return context
 
     def _inner_transports(self) -> list[Any]:
-        return [self._transport] if self._transport is not None else list(self._inners.values())
+        if self._transport is not None:
+            return [self._transport]
+        return [inner for pool in self._pools.values() for inner in pool if inner is not None]
 
 
 class LoadBalancer(_Wrapping, _SyncTransport):
@@ -93,9 +112,10 @@ class LoadBalancer(_Wrapping, _SyncTransport):
 
     Args:
         backends: the endpoints; see :class:`Backend`.
-        transport: the inner transport to send through (default: an ``HTTPTransport`` of the request's
-            library, with the openai SDK's connection limits). It must belong to the same library as
-            the client. It is closed with the balancer.
+        transport: the inner transport to send every attempt through. It must belong to the same
+            library as the client, and is closed with the balancer. Default: an ``HTTPTransport`` of
+            the request's library per backend (a connection pool each), with the openai SDK's
+            connection limits.
         sleep: how a request waits for a backend to free up (default ``time.sleep``); injectable for
             tests.
         **options: see :class:`BaseLoadBalancer`.
@@ -120,7 +140,6 @@ class LoadBalancer(_Wrapping, _SyncTransport):
     def handle_request(self, request: Request) -> Response:  # type: ignore[override]
         """Send ``request`` to the best available backend; see the package documentation."""
         lib = lib_for_request(request)
-        inner = self._inner(lib)
         request.read()  # make the body replayable, once
         flow = self._flow(request, lib)
         try:
@@ -128,7 +147,8 @@ class LoadBalancer(_Wrapping, _SyncTransport):
             while True:
                 try:
                     if action == SEND:
-                        result = inner.handle_request(value)
+                        attempt, index = value
+                        result = self._inner(lib, index).handle_request(attempt)
                     elif action == SLEEP:
                         self._sleep(value)
                         result = None
@@ -192,7 +212,6 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
     async def handle_async_request(self, request: Request) -> Response:  # type: ignore[override]
         """Send ``request`` to the best available backend; see the package documentation."""
         lib = lib_for_request(request)
-        inner = self._inner(lib)
         await request.aread()  # make the body replayable, once
         flow = self._flow(request, lib)
         try:
@@ -200,7 +219,8 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
             while True:
                 try:
                     if action == SEND:
-                        result = await inner.handle_async_request(value)
+                        attempt, index = value
+                        result = await self._inner(lib, index).handle_async_request(attempt)
                     elif action == SLEEP:
                         await self._sleep(value)
                         result = None

@@ -162,10 +162,27 @@ def test_default_inner_transport_follows_the_request_library(fake_inners: list[_
     assert used == set(LIBS)
 
 
-def test_default_inner_transports_built_once_and_all_closed(fake_inners: list[_FakeInner]) -> None:
-    lb = LoadBalancer([Backend(A, 1)])
+def test_default_inner_transports_one_per_backend_and_library_built_on_use_all_closed(
+    fake_inners: list[_FakeInner],
+) -> None:
+    lb = LoadBalancer([Backend(A, 1), Backend(B, 1)])
+    assert fake_inners == []  # nothing built before it is needed
+    for module in LIBS.values():
+        client = module.Client(transport=lb)  # not closed here: closing a client closes the balancer
+        for _ in range(40):
+            assert client.get("https://caller.example/").status_code == 200
+    # One transport per backend and library, each sending only to its own backend.
+    assert len(fake_inners) == 2 * len(LIBS)
+    for inner in fake_inners:
+        assert len({request.url.host for request in inner.requests}) == 1
+    assert {(i.module.__name__, i.requests[0].url.host) for i in fake_inners} == {
+        (name, host) for name in LIBS for host in (A, B)
+    }
+    # Those of one library share one TLS context.
+    for module in LIBS.values():
+        contexts = {id(i.kwargs["verify"]) for i in fake_inners if i.module is module}
+        assert len(contexts) == 1
     lb.close()
-    assert len(fake_inners) == len(LIBS)
     assert all(inner.closed == 1 for inner in fake_inners)
 
 
