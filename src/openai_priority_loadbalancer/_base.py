@@ -464,8 +464,19 @@ class BaseLoadBalancer:
     ) -> Request:
         """A copy of ``request`` addressed to ``backend``, with its credentials; ``request`` is untouched."""
         url, host = self._backend_url(request.url, backend)
-        headers = request.headers.copy()
+        stream = request.stream
+        body = None
+        if backend.deployments and request.url.raw_path.startswith(b"/openai/v1/"):
+            body = _rewrite_model(request.content, backend.deployments)
+            if body is not None:
+                stream = lib.module.ByteStream(body)
+        attempt: Request = lib.Request(
+            request.method, url, headers=request.headers, stream=stream, extensions=request.extensions
+        )
+        headers = attempt.headers  # the attempt's own copy
         headers["Host"] = host
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
         if backend.api_key is not None:
             headers["api-key"] = backend.api_key
             if "authorization" in headers:
@@ -474,15 +485,7 @@ class BaseLoadBalancer:
             headers["Authorization"] = f"Bearer {token}"
             if "api-key" in headers:
                 del headers["api-key"]
-        stream = request.stream
-        if backend.deployments and request.url.raw_path.startswith(b"/openai/v1/"):
-            body = _rewrite_model(request.content, backend.deployments)
-            if body is not None:
-                stream = lib.module.ByteStream(body)
-                headers["Content-Length"] = str(len(body))
-        return lib.Request(  # type: ignore[no-any-return]
-            request.method, url, headers=headers, stream=stream, extensions=request.extensions
-        )
+        return attempt
 
     def _backend_url(self, url: Any, backend: Backend) -> tuple[Any, str]:
         """``url`` addressed to ``backend``, and its ``Host`` header; cached per backend and URL."""

@@ -256,9 +256,11 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
 
 
 def _check_token(token: object) -> None:
+    # Never fall back to the caller's credentials; the messages name no token.
     if not isinstance(token, str) or not token:
-        # Never fall back to the caller's credentials; the message names no token.
         raise TypeError(f"azure_ad_token_provider must return a non-empty str, got {type(token).__name__}")
+    if not (token.isascii() and token.isprintable()):
+        raise ValueError("azure_ad_token_provider returned a token that is not printable ASCII")
 
 
 def _bind(store: object, mode: str) -> None:
