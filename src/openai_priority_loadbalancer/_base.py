@@ -412,24 +412,30 @@ class BaseLoadBalancer:
         with self._lock:
             for tier, cum_weights in zip(self._tiers, self._tier_cum_weights, strict=True):
                 if cum_weights is None:
-                    best = self._best(tier, now, tried)
+                    best, exhausted = self._best(tier, now, tried)
                 else:
                     sample = self._random.choices(tier, cum_weights=cum_weights, k=_SAMPLE)
                     # The sample is drawn by weight already: its first best member is the weighted pick.
-                    best = self._best(sample, now, tried)[:1] or self._best(tier, now, tried)
+                    best, exhausted = self._best(sample, now, tried)
+                    if best:
+                        best = best[:1]
+                    else:
+                        best, exhausted = self._best(tier, now, tried)
                 if not best:
                     continue
                 if len(best) == 1:
                     chosen = best[0]
                 elif self._equal_weights:
-                    chosen = self._random.choice(best)
+                    chosen = best[int(self._random.random() * len(best))]  # random.choice, in one call
                 else:
                     weights = [s.backend.weight for s in best]
                     chosen = self._random.choices(best, weights)[0]
                 if chosen.cooling_reason is not None:
                     logger.info("backend available again backend=%s", chosen.backend.id)
                     chosen.cooling_reason = None
-                probe = chosen.needs_probe(now)
+                # One request at a time while the budget is spent or unknown, or the breaker half-open
+                # (the backend is usable now, so a failure count means the breaker is half-open).
+                probe = exhausted or chosen.probe_first or chosen.failures > 0
                 chosen.probing = chosen.probing or probe
                 chosen.in_flight += 1
                 chosen.sent += 1
@@ -438,10 +444,13 @@ class BaseLoadBalancer:
             return None, False, 0
 
     @staticmethod
-    def _best(candidates: list[BackendState], now: float, tried: set[int]) -> list[BackendState]:
-        """The usable candidates that rank first (see :meth:`_choose`), in the order given."""
+    def _best(
+        candidates: list[BackendState], now: float, tried: set[int]
+    ) -> tuple[list[BackendState], bool]:
+        """The usable candidates that rank first (see :meth:`_choose`), in the order given, and whether
+        their budget is believed spent (the same for all of them: it is part of the rank)."""
         best: list[BackendState] = []
-        best_key: tuple[bool, float] | None = None
+        best_key: tuple[bool, float] = (True, math.inf)
         for s in candidates:
             if now < s.cooling_until or s.index in tried:
                 continue
@@ -451,11 +460,11 @@ class BaseLoadBalancer:
             if s.probing and s.failures:
                 continue  # half-open: its one probe is out
             key = (exhausted, s.in_flight / s.backend.weight)
-            if best_key is None or key < best_key:
+            if not best or key < best_key:
                 best, best_key = [s], key
             elif key == best_key:
                 best.append(s)
-        return best
+        return best, best_key[0]
 
     # ------------------------------------------------------------------ building an attempt
 

@@ -146,11 +146,3 @@ class BackendState:
         if self.remaining_requests is None:
             return False
         return self.remaining_requests - (self.sent - self.remaining_seq) <= 0
-
-    def needs_probe(self, now: float) -> bool:
-        """Whether only one request at a time may go to the backend (half-open, unknown or spent budget)."""
-        return (
-            (self.failures > 0 and now >= self.cooling_until)
-            or self.probe_first
-            or self.budget_exhausted(now)
-        )
