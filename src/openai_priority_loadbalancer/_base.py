@@ -444,9 +444,7 @@ class BaseLoadBalancer:
             return None, False, 0
 
     @staticmethod
-    def _best(
-        candidates: list[BackendState], now: float, tried: set[int]
-    ) -> tuple[list[BackendState], bool]:
+    def _best(candidates: list[BackendState], now: float, tried: set[int]) -> tuple[list[BackendState], bool]:
         """The usable candidates that rank first (see :meth:`_choose`), in the order given, and whether
         their budget is believed spent (the same for all of them: it is part of the rank)."""
         best: list[BackendState] = []
