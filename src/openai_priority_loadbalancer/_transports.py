@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+import urllib.request
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 from ._base import CLOSE, SEND, SHARE, SLEEP, BaseLoadBalancer, Share
@@ -62,7 +63,10 @@ class _Wrapping(BaseLoadBalancer):
 
     A connection pool per backend keeps each request's pool bookkeeping to that backend's own
     connections: one pool for every backend would check every idle connection of every backend on
-    each request. The default transports share one TLS context per library and are built on first use.
+    each request. The default transports share one TLS context per library, are built on first use,
+    and honour the environment as an ``httpx.Client`` does by default: ``HTTP_PROXY``,
+    ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (read when the balancer is built), and
+    ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``.
     """
 
     _factory: ClassVar[str]  # the library's transport class to build: "HTTPTransport" / "AsyncHTTPTransport"
@@ -75,24 +79,30 @@ class _Wrapping(BaseLoadBalancer):
         # Library name -> each backend's transport (None until the backend is first used).
         self._pools: dict[str, list[Any]] = {}
         self._tls: dict[str, Any] = {}
-        if transport is None:  # the TLS contexts now: creating one takes tens of milliseconds
-            for module in available_modules(imported_only=True):
+        self._proxies: dict[str, str] = {}
+        if transport is None:
+            self._proxies = urllib.request.getproxies()
+            for module in available_modules(imported_only=True):  # creating a TLS context takes tens of ms
                 self._tls_context(lib_for_module(module))
 
-    def _inner(self, lib: HttpLib, index: int) -> Any:
-        """The transport to send an attempt on backend ``index`` through."""
+    def _inner(self, lib: HttpLib, index: int, attempt: Request) -> Any:
+        """The transport to send ``attempt``, an attempt on backend ``index``, through."""
         if self._transport is not None:
             return self._transport
         pool = self._pools.get(lib.name)
         inner = pool[index] if pool is not None else None
-        return inner if inner is not None else self._build(lib, index)
+        return inner if inner is not None else self._build(lib, index, attempt.url)
 
-    def _build(self, lib: HttpLib, index: int) -> Any:
+    def _build(self, lib: HttpLib, index: int, url: Any) -> Any:
         with self._lock:
             pool = self._pools.setdefault(lib.name, [None] * len(self.backends))
             if pool[index] is None:
                 factory = getattr(lib.module, self._factory)
-                pool[index] = factory(verify=self._tls_context(lib), limits=_connection_limits(lib))
+                pool[index] = factory(
+                    verify=self._tls_context(lib),
+                    limits=_connection_limits(lib),
+                    proxy=_environment_proxy(self._proxies, url.scheme, url.host),
+                )
             return pool[index]
 
     def _tls_context(self, lib: HttpLib) -> Any:
@@ -148,7 +158,7 @@ class LoadBalancer(_Wrapping, _SyncTransport):
                 try:
                     if action == SEND:
                         attempt, index = value
-                        result = self._inner(lib, index).handle_request(attempt)
+                        result = self._inner(lib, index, attempt).handle_request(attempt)
                     elif action == SLEEP:
                         self._sleep(value)
                         result = None
@@ -220,7 +230,7 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
                 try:
                     if action == SEND:
                         attempt, index = value
-                        result = await self._inner(lib, index).handle_async_request(attempt)
+                        result = await self._inner(lib, index, attempt).handle_async_request(attempt)
                     elif action == SLEEP:
                         await self._sleep(value)
                         result = None
@@ -261,6 +271,29 @@ def _check_token(token: object) -> None:
         raise TypeError(f"azure_ad_token_provider must return a non-empty str, got {type(token).__name__}")
     if not (token.isascii() and token.isprintable()):
         raise ValueError("azure_ad_token_provider returned a token that is not printable ASCII")
+
+
+def _environment_proxy(proxies: dict[str, str], scheme: str, host: str) -> str | None:
+    """The proxy URL the environment names for ``scheme://host``, or None, by httpx's rules.
+
+    ``proxies`` is what ``urllib.request.getproxies()`` read: ``HTTP_PROXY`` / ``HTTPS_PROXY`` by
+    scheme, ``ALL_PROXY`` as ``"all"``, ``NO_PROXY`` as ``"no"``. A ``NO_PROXY`` entry is ``*`` (no
+    proxy for any host), a host name or address (that host), ``example.com`` (it and its
+    subdomains) or ``.example.com`` (its subdomains), each optionally as ``scheme://entry``.
+    """
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    host = host.lower()
+    for entry in proxies.get("no", "").split(","):
+        entry_scheme, _, name = entry.strip().lower().rpartition("://")
+        if entry_scheme and entry_scheme not in (scheme, "all"):
+            continue
+        name = name.strip("[]")
+        domain = name.lstrip(".")
+        if name == "*" or (domain and (host == name or host.endswith("." + domain))):
+            return None
+    return proxy if "://" in proxy else f"http://{proxy}"
 
 
 def _bind(store: object, mode: str) -> None:

@@ -5,7 +5,13 @@ Each scenario runs through the sync and the async client, with every installed H
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
 import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 import openai
 import pytest
@@ -13,6 +19,9 @@ from _e2e_support import API_VERSION, CALLER_KEY, INSTANCE_HEADER, MESSAGES, MOD
 
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer
 from openai_priority_loadbalancer.simulator import FailureMode, HeaderStyle, InstanceConfig, Simulator
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.e2e
 
@@ -262,3 +271,79 @@ async def test_default_async_httpx_client_of_the_sdk() -> None:
             assert raw.headers[INSTANCE_HEADER] == "a"
         assert sim.stats("a").served == 1
         assert sim.stats("b").received == 0
+
+
+# -- 10. a proxy named by the environment ----------------------------------------------------------
+
+COMPLETION = {
+    "id": "chatcmpl-proxy",
+    "object": "chat.completion",
+    "created": 0,
+    "model": MODEL,
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "via proxy"}, "finish_reason": "stop"}
+    ],
+}
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """A forward proxy that answers every request itself, recording what it was asked."""
+
+    protocol_version = "HTTP/1.1"
+    server: _ProxyServer
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.server.seen.append(
+            (self.path, self.headers.get("proxy-authorization"), self.headers.get("api-key"))
+        )
+        body = json.dumps(COMPLETION).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.send_header(INSTANCE_HEADER, "proxy")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    seen: list[tuple[str, str | None, str | None]]
+
+
+@contextmanager
+def forward_proxy() -> Iterator[_ProxyServer]:
+    server = _ProxyServer(("127.0.0.1", 0), _Proxy)
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_default_transports_go_through_the_proxy_the_environment_names(
+    make_api: MakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Simulator([InstanceConfig("direct")]) as sim, forward_proxy() as proxy:
+        port = proxy.server_address[1]
+        monkeypatch.setenv("HTTP_PROXY", f"http://user:secret@127.0.0.1:{port}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        # far.invalid does not resolve: only the proxy can reach it. The simulator is in NO_PROXY.
+        far = Backend("http://far.invalid:8080", 1, api_key="far-key")
+        api = make_api([far, Backend(sim.url("direct"), 2)])
+
+        assert await api.served_by() == "proxy"
+        target, authorization, api_key = proxy.seen[0]
+        assert target.startswith("http://far.invalid:8080/openai/deployments/gpt-4o/chat/completions?")
+        assert authorization == "Basic " + base64.b64encode(b"user:secret").decode()
+        assert api_key == "far-key"
+
+        direct = make_api([Backend(sim.url("direct"), 1)])
+        assert await direct.served_by() == "direct"
+        assert len(proxy.seen) == 1

@@ -186,6 +186,65 @@ def test_default_inner_transports_one_per_backend_and_library_built_on_use_all_c
     assert all(inner.closed == 1 for inner in fake_inners)
 
 
+def _proxy_by_backend(fake_inners: list[_FakeInner]) -> dict[str, Any]:
+    return {inner.requests[0].url.host: inner.kwargs["proxy"] for inner in fake_inners}
+
+
+def test_default_transports_take_the_proxy_the_environment_names(
+    fake_inners: list[_FakeInner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy.example:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://plain-proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", f"localhost, .{C}, {B}")
+    lb = LoadBalancer([Backend(A, 1), Backend(B, 1), Backend(f"x.{C}", 1), Backend(f"http://{C}", 1)])
+    client = httpx.Client(transport=lb)
+    for _ in range(80):
+        assert client.get("https://caller.example/").status_code == 200
+    assert _proxy_by_backend(fake_inners) == {
+        A: "http://user:secret@proxy.example:3128",  # HTTPS_PROXY for an https request
+        B: None,  # NO_PROXY names it
+        f"x.{C}": None,  # NO_PROXY names its domain
+        C: "http://plain-proxy.example:3128",  # ".c.example" is for subdomains; HTTP_PROXY for http
+    }
+    assert "secret" not in repr(lb)
+
+
+@pytest.mark.parametrize(
+    ("environment", "proxy"),
+    [
+        ({}, None),
+        ({"HTTP_PROXY": "proxy.example:3128"}, None),  # an https request
+        ({"ALL_PROXY": "proxy.example:3128"}, "http://proxy.example:3128"),
+        ({"HTTPS_PROXY": "http://proxy.example:3128", "NO_PROXY": "*"}, None),
+        (
+            {"https_proxy": "http://proxy.example:3128", "no_proxy": "other.example"},
+            "http://proxy.example:3128",
+        ),
+        (
+            {"HTTPS_PROXY": "http://proxy.example:3128", "NO_PROXY": "http://a.example"},
+            "http://proxy.example:3128",
+        ),
+        ({"HTTPS_PROXY": "http://proxy.example:3128", "NO_PROXY": "https://A.EXAMPLE"}, None),
+    ],
+)
+def test_environment_proxy_rules(
+    fake_inners: list[_FakeInner], monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], proxy: Any
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    client = httpx.Client(transport=LoadBalancer([Backend(A, 1)]))
+    assert client.get("https://caller.example/").status_code == 200
+    assert _proxy_by_backend(fake_inners) == {A: proxy}
+
+
+def test_a_given_transport_is_used_whatever_the_environment_says(
+    make_lb: MakeLb, router: Any, client_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert post(client_for(make_lb([Backend(A, 1)]))).status_code == 200
+    assert router.hosts == [A]
+
+
 # ---------------------------------------------------------------------- priority and sharing
 
 
