@@ -27,6 +27,7 @@ from ._events import (
     FailedEvent,
     RecoveredEvent,
     ServedEvent,
+    SetAsideEvent,
     ThrottledEvent,
     WaitedEvent,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "FailedEvent",
     "AbandonedEvent",
     "RecoveredEvent",
+    "SetAsideEvent",
     "WaitedEvent",
     "ExhaustedEvent",
     "StateStore",

@@ -34,6 +34,7 @@ from ._events import (
     FailedEvent,
     RecoveredEvent,
     ServedEvent,
+    SetAsideEvent,
     ThrottledEvent,
     WaitedEvent,
 )
@@ -335,6 +336,7 @@ class BaseLoadBalancer:
         if not records:
             return
         now = self._clock()
+        adopted: list[SetAsideEvent] = []
         with self._lock:
             for state, record in zip(self._states, records, strict=False):
                 if record is None or record.cooling_s <= 0:
@@ -356,6 +358,14 @@ class BaseLoadBalancer:
                         record.reason,
                         record.cooling_s,
                     )
+                    if self._on_event is not None:
+                        adopted.append(
+                            SetAsideEvent(
+                                self._wall_clock(), state.backend.id, record.reason, record.cooling_s, True
+                            )
+                        )
+        for event in adopted:
+            self._emit(event)
 
     def _reserve_args(self, state: BackendState, now: float) -> tuple[Any, ...]:
         """Arguments of ``BudgetStore.reserve`` for ``state``'s backend, with the budget reports pending."""
@@ -386,11 +396,15 @@ class BaseLoadBalancer:
 
     def _unchoose(self, state: BackendState, probe: bool, wait_s: float | None, now: float) -> None:
         """Undo a choice the shared budget refused (or that was cancelled before it was sent)."""
+        wait_s = wait_s or 0.0
         with self._lock:
             state.end_attempt(probe)
             state.requests -= 1
-            if wait_s and now + wait_s > state.cooling_until:  # not already set aside by a shared record
+            set_aside = wait_s > 0 and now + wait_s > state.cooling_until  # else a shared record did
+            if set_aside:
                 self._set_aside(state, now, wait_s, "exhausted", "shared budget")
+        if set_aside and self._on_event is not None:
+            self._emit(SetAsideEvent(self._wall_clock(), state.backend.id, "exhausted", wait_s, True))
 
     # ------------------------------------------------------------------ choosing
 
@@ -528,6 +542,7 @@ class BaseLoadBalancer:
         headers = response.headers
         now = self._clock()
         recovered = 0
+        spent_s: float | None = None  # how long the backend is set aside because its budget is spent
         shares: list[Share] | None = [] if self._store is not None else None
         with self._lock:
             state.end_attempt(probe)
@@ -586,8 +601,10 @@ class BaseLoadBalancer:
                         read_count("x-ratelimit-remaining-tokens", tokens_left),
                         whole,
                     )
-                    if spent is not None and shares is not None:
-                        shares.append(self._set_aside_record(state, "exhausted", *spent))
+                    if spent is not None:
+                        spent_s = state.cooling_until - now
+                        if shares is not None:
+                            shares.append(self._set_aside_record(state, "exhausted", *spent))
                     if self._budgets is not None and remaining is not None:
                         self._pending_reports[state.index] = self._budget_report(
                             headers, whole, admitted, remaining
@@ -603,6 +620,8 @@ class BaseLoadBalancer:
             self._emit(event)
             if recovered:
                 self._emit(RecoveredEvent(self._wall_clock(), state.backend.id, recovered))
+            if spent_s is not None:
+                self._emit(SetAsideEvent(self._wall_clock(), state.backend.id, "exhausted", spent_s, False))
         return keep, shares
 
     def _rate_limit(self, headers: Any) -> RateLimitInfo:

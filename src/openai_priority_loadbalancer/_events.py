@@ -5,7 +5,9 @@ Every attempt on a backend is one :class:`AttemptEvent` followed by exactly one 
 :class:`FailedEvent` (5xx or a transport error) or :class:`AbandonedEvent` (the request ended for a
 reason that is not the backend's: cancelled, or its token provider failed). Around them:
 :class:`RecoveredEvent` when a failing backend answers again, :class:`WaitedEvent` when a request
-waited for a backend to free up, :class:`ExhaustedEvent` when it got the balancer's own 429.
+waited for a backend to free up, :class:`ExhaustedEvent` when it got the balancer's own 429, and
+:class:`SetAsideEvent` when a backend is set aside with no 429 or failure of its own seen here (its
+budget reported spent, or another balancer sharing the state store set it aside).
 
 Events carry backend ids (scheme, host, port, path prefix), never credentials. ``time`` is wall-clock
 seconds since the epoch (``time.time()``); durations are measured on the monotonic clock.
@@ -26,6 +28,7 @@ __all__ = [
     "FailedEvent",
     "RecoveredEvent",
     "ServedEvent",
+    "SetAsideEvent",
     "ThrottledEvent",
     "WaitedEvent",
 ]
@@ -104,6 +107,26 @@ class RecoveredEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SetAsideEvent:
+    """``backend`` is set aside for ``cooldown_s`` though no answer seen here was a 429 or a failure.
+
+    Either its budget was reported spent (``reason="exhausted"``: an answer's
+    ``x-ratelimit-remaining-*`` left nothing before the window resets, or, ``shared``, the budget
+    shared with other balancers has nothing left), or another balancer sharing the state store set it
+    aside (``shared``, with that balancer's reason). A 429 or a failure seen here is a
+    :class:`ThrottledEvent` or a :class:`FailedEvent` instead.
+    """
+
+    kind: ClassVar[Literal["set_aside"]] = "set_aside"
+    time: float
+    backend: str
+    reason: Literal["exhausted", "throttled", "failed"]
+    cooldown_s: float
+    shared: bool
+    """True when it was learned from the state store, not from this balancer's own answers."""
+
+
+@dataclass(frozen=True, slots=True)
 class WaitedEvent:
     """A request found no backend available and waited ``waited_s`` for one to free up."""
 
@@ -131,6 +154,7 @@ Event = (
     | FailedEvent
     | AbandonedEvent
     | RecoveredEvent
+    | SetAsideEvent
     | WaitedEvent
     | ExhaustedEvent
 )

@@ -33,7 +33,11 @@ Instruments (meter ``openai-priority-loadbalancer``, versioned as the package), 
 - ``recoveries`` (Counter, ``{recovery}``; ``backend``): a failing backend answered again (its breaker
   closed).
 - ``cooldown.duration`` (Histogram, ``s``; ``backend``, ``reason``): how long a backend was set aside,
-  recorded when it was; ``reason`` is ``throttled`` (a 429) or ``failed`` (its breaker opened).
+  recorded when it was, by what this balancer saw; ``reason`` is ``throttled`` (a 429), ``failed`` (its
+  breaker opened) or ``exhausted`` (an answer reported its budget spent until the window resets).
+- ``set_asides`` (Counter, ``{set_aside}``; ``backend``, ``reason``, ``shared``): a backend set aside
+  with no 429 or failure seen by this balancer: its budget reported spent (``shared`` false), or
+  learned from the state store (``shared`` true: another balancer's 429, failure or spent budget).
 - ``waits`` (Counter, ``{wait}``) and ``wait.duration`` (Histogram, ``s``), no attributes: a request
   found no backend available and waited for one to free up.
 - ``exhausted_requests`` (Counter, ``{request}``, no attributes): requests answered with the balancer's
@@ -67,6 +71,7 @@ from ._events import (
     FailedEvent,
     RecoveredEvent,
     ServedEvent,
+    SetAsideEvent,
     ThrottledEvent,
     WaitedEvent,
 )
@@ -109,6 +114,7 @@ _OUTCOME: Final = "outcome"
 _STATUS: Final = "http.response.status_code"
 _CAUSE: Final = "cause"
 _REASON: Final = "reason"
+_SHARED: Final = "shared"
 
 
 class _BackendAttributes:
@@ -121,9 +127,11 @@ class _BackendAttributes:
         "abandoned",
         "backend",
         "causes",
+        "cooldown_exhausted",
         "cooldown_failed",
         "cooldown_throttled",
         "served",
+        "set_asides",
         "throttled",
     )
 
@@ -133,6 +141,9 @@ class _BackendAttributes:
         self.abandoned: _Attributes = {_BACKEND: backend, _OUTCOME: "abandoned"}
         self.cooldown_throttled: _Attributes = {_BACKEND: backend, _REASON: "throttled"}
         self.cooldown_failed: _Attributes = {_BACKEND: backend, _REASON: "failed"}
+        self.cooldown_exhausted: _Attributes = {_BACKEND: backend, _REASON: "exhausted"}
+        # (reason, shared) -> attributes
+        self.set_asides: dict[tuple[str, bool], _Attributes] = {}
         self.served: dict[int, _Attributes] = {}
         # cause -> (the attempt's attributes, the failure's)
         self.causes: dict[str, tuple[_Attributes, _Attributes]] = {}
@@ -142,6 +153,13 @@ class _BackendAttributes:
         if attributes is None:
             attributes = {_BACKEND: self.backend[_BACKEND], _OUTCOME: "served", _STATUS: status}
             attributes = self.served.setdefault(status, attributes)
+        return attributes
+
+    def for_set_aside(self, reason: str, shared: bool) -> _Attributes:
+        attributes = self.set_asides.get((reason, shared))
+        if attributes is None:
+            attributes = {_BACKEND: self.backend[_BACKEND], _REASON: reason, _SHARED: shared}
+            attributes = self.set_asides.setdefault((reason, shared), attributes)
         return attributes
 
     def for_failed(self, cause: str) -> tuple[_Attributes, _Attributes]:
@@ -176,6 +194,7 @@ class OpenTelemetryMetrics:
         "_failures",
         "_meter_name",
         "_recoveries",
+        "_set_asides",
         "_throttles",
         "_wait_duration",
         "_waits",
@@ -216,8 +235,13 @@ class OpenTelemetryMetrics:
         self._cooldown = _histogram(
             meter,
             _PREFIX + "cooldown.duration",
-            "How long a backend was set aside, throttled or failed.",
+            "How long a backend was set aside: throttled, failed, or its budget spent.",
             _COOLDOWN_BUCKETS,
+        )
+        self._set_asides = meter.create_counter(
+            _PREFIX + "set_asides",
+            unit="{set_aside}",
+            description="A backend set aside with no 429 or failure seen here: budget spent, or shared.",
         )
         self._waits = meter.create_counter(
             _PREFIX + "waits",
@@ -260,6 +284,11 @@ class OpenTelemetryMetrics:
             self._ended(cached, cached.abandoned, event.elapsed_s)
         elif isinstance(event, RecoveredEvent):
             self._recoveries.add(1, self._for(event.backend).backend)
+        elif isinstance(event, SetAsideEvent):
+            cached = self._for(event.backend)
+            self._set_asides.add(1, cached.for_set_aside(event.reason, event.shared))
+            if not event.shared:  # a shared one is recorded by the balancer that saw it
+                self._cooldown.record(event.cooldown_s, cached.cooldown_exhausted)
         elif isinstance(event, WaitedEvent):
             self._waits.add(1)
             self._wait_duration.record(event.waited_s)

@@ -27,6 +27,7 @@ from openai_priority_loadbalancer import (
     LoadBalancer,
     RecoveredEvent,
     ServedEvent,
+    SetAsideEvent,
     ThrottledEvent,
     WaitedEvent,
 )
@@ -520,6 +521,27 @@ def test_spent_budget_with_reset_sets_the_backend_aside(make_lb: MakeLb, router:
         assert post(client).json() == {"host": A}
         assert stats_by_id(lb)[A].cooling_down_for_s == pytest.approx(4)
         assert post(client).json() == {"host": B}
+
+
+def test_a_spent_budget_is_a_set_aside_event_after_the_answer(make_lb: MakeLb, router: Any, lib: Any) -> None:
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "4s"}
+    router.script(A, (200, headers))
+    rec = Recorder()
+    with lib.Client(transport=make_lb([Backend(A, 1), Backend(B, 2)], on_event=rec)) as client:
+        post(client)
+        post(client)
+    assert rec.trace() == [("attempt", A), ("served", A), ("set_aside", A), ("attempt", B), ("served", B)]
+    assert rec.of("set_aside") == [SetAsideEvent(WALL_NOW, A, "exhausted", 4.0, False)]
+    assert_paired(rec.events)
+
+
+def test_a_budget_with_room_left_is_no_event(make_lb: MakeLb, router: Any, lib: Any) -> None:
+    headers = {"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "4s"}
+    router.script(A, (200, headers))
+    rec = Recorder()
+    with lib.Client(transport=make_lb([Backend(A, 1)], on_event=rec)) as client:
+        post(client)
+    assert rec.trace() == [("attempt", A), ("served", A)]
 
 
 def test_after_429_without_limit_one_probe_at_a_time(

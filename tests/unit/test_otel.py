@@ -29,8 +29,10 @@ from openai_priority_loadbalancer import (
     ExhaustedEvent,
     FailedEvent,
     LoadBalancer,
+    MemoryStateStore,
     RecoveredEvent,
     ServedEvent,
+    SetAsideEvent,
     ThrottledEvent,
     WaitedEvent,
     __version__,
@@ -57,6 +59,7 @@ COOLDOWN = P + "cooldown.duration"
 WAITS = P + "waits"
 WAIT_DURATION = P + "wait.duration"
 EXHAUSTED = P + "exhausted_requests"
+SET_ASIDES = P + "set_asides"
 STATUS = "http.response.status_code"
 
 INSTRUMENTS = {  # name -> (unit, the attribute keys its points may have)
@@ -70,6 +73,7 @@ INSTRUMENTS = {  # name -> (unit, the attribute keys its points may have)
     WAITS: ("{wait}", set()),
     WAIT_DURATION: ("s", set()),
     EXHAUSTED: ("{request}", set()),
+    SET_ASIDES: ("{set_aside}", {"backend", "reason", "shared"}),
 }
 
 
@@ -166,7 +170,9 @@ def check_consistent(exported: Exported, events: list[Event]) -> None:
     assert all(v == 0 for v in exported.series(ACTIVE).values())
     assert exported.value(THROTTLES) == exported.value(ATTEMPTS, outcome="throttled")
     assert exported.value(FAILURES) == exported.value(ATTEMPTS, outcome="failed")
-    assert exported.count(COOLDOWN) == exported.value(THROTTLES) + exported.value(FAILURES)
+    local_set_asides = sum(isinstance(e, SetAsideEvent) and not e.shared for e in events)
+    assert exported.count(COOLDOWN) == exported.value(THROTTLES) + exported.value(FAILURES) + local_set_asides
+    assert exported.value(SET_ASIDES) == sum(isinstance(e, SetAsideEvent) for e in events)
     assert (
         exported.value(WAITS)
         == exported.count(WAIT_DURATION)
@@ -200,6 +206,8 @@ def test_each_event_lands_in_its_instruments(otel: Otel) -> None:
     m(AttemptEvent(1.0, C, 3, False))
     m(AbandonedEvent(1.0, C, 0.015625))
     m(RecoveredEvent(1.0, B, 2))
+    m(SetAsideEvent(1.0, A, "exhausted", 3.0, False))
+    m(SetAsideEvent(1.0, C, "throttled", 9.0, True))
     m(WaitedEvent(1.0, 1.5))
     m(ExhaustedEvent(1.0, 3.0, 2))
     m(object())  # type: ignore[arg-type]  # not an event: ignored
@@ -225,9 +233,15 @@ def test_each_event_lands_in_its_instruments(otel: Otel) -> None:
     assert exported.series(RECOVERIES) == {at(backend=B): 1}
     assert exported.series(COOLDOWN) == {
         at(backend=A, reason="throttled"): 1,
+        at(backend=A, reason="exhausted"): 1,  # C's was recorded by the balancer that saw it
         at(backend=B, reason="failed"): 2,
     }
     assert exported.total(COOLDOWN, backend=B) == 6.0
+    assert exported.total(COOLDOWN, backend=A, reason="exhausted") == 3.0
+    assert exported.series(SET_ASIDES) == {
+        at(backend=A, reason="exhausted", shared=False): 1,
+        at(backend=C, reason="throttled", shared=True): 1,
+    }
     assert exported.series(WAITS) == {at(): 1}
     assert exported.total(WAIT_DURATION) == 1.5
     assert exported.series(EXHAUSTED) == {at(): 1}
@@ -339,6 +353,28 @@ def test_a_failover_sequence(
         assert s.requests == exported.value(ATTEMPTS, backend=s.backend)
         assert s.throttled == exported.value(THROTTLES, backend=s.backend)
         assert s.failures == exported.value(FAILURES, backend=s.backend)
+
+
+def test_a_spent_budget_and_a_shared_set_aside_are_counted(
+    otel: Otel, make_lb: Callable[..., Any], router: Any, clock: Any, lib: Any
+) -> None:
+    store = MemoryStateStore(clock=clock)
+    backends = [Backend(A, 1), Backend(B, 2)]
+    seen_here = make_lb(backends, state=store, on_event=otel.on_event)
+    told = make_lb(backends, state=store, on_event=otel.on_event)
+    router.script(A, (200, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6s"}))
+    with lib.Client(transport=seen_here) as one, lib.Client(transport=told) as two:
+        assert post(one).json() == {"host": A}
+        assert post(two).json() == {"host": B}
+    assert otel.kinds == ["attempt", "served", "set_aside", "set_aside", "attempt", "served"]
+    exported = otel.read()
+    assert exported.series(SET_ASIDES) == {
+        at(backend=A, reason="exhausted", shared=False): 1,
+        at(backend=A, reason="exhausted", shared=True): 1,
+    }
+    assert exported.series(COOLDOWN) == {at(backend=A, reason="exhausted"): 1}  # once, where it was seen
+    assert exported.total(COOLDOWN) == 6.0
+    check_consistent(exported, otel.events)
 
 
 def test_waiting_is_counted(

@@ -17,9 +17,11 @@ import pytest
 from openai_priority_loadbalancer import (
     AsyncLoadBalancer,
     Backend,
+    BudgetReport,
     Event,
     LoadBalancer,
     MemoryStateStore,
+    SetAsideEvent,
     SharedState,
     StateStore,
     shared_key,
@@ -28,6 +30,7 @@ from openai_priority_loadbalancer import (
 CALLER_URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
 A, B, C = "a.example", "b.example", "c.example"
 KEY_A = shared_key(Backend(A, 1))
+WALL_NOW = 1_700_000_000.0  # the ``wall`` fixture's reading
 
 MakeLb = Callable[..., Any]
 
@@ -273,6 +276,57 @@ def test_a_429_seen_by_one_balancer_keeps_the_other_away(
         clock.advance(0.5)
         assert post(two).json() == {"host": A}
     assert [(e.backend, e.probe) for e in events if e.kind == "attempt"][-1] == (A, True)
+
+
+SPENT_6S = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6s"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason", "cooldown_s"),
+    [
+        ((429, {"retry-after": "10"}), "throttled", 10.0),
+        (500, "failed", 1.0),
+        ((200, SPENT_6S), "exhausted", 6.0),
+    ],
+)
+@pytest.mark.parametrize("store_cls", [MemoryStateStore, CooldownsOnly])
+def test_a_set_aside_learned_from_the_store_is_one_event(
+    make_lb: MakeLb,
+    router: Any,
+    lib: Any,
+    clock: Any,
+    store_cls: type,
+    answer: Any,
+    reason: str,
+    cooldown_s: float,
+) -> None:
+    store = store_cls(clock=clock)
+    backends = [Backend(A, 1), Backend(B, 2)]
+    events: list[Event] = []
+    lb1 = make_lb(backends, state=store, failure_backoff_s=1)
+    lb2 = make_lb(backends, state=store, failure_backoff_s=1, on_event=events.append)
+    router.script(A, answer)
+    with lib.Client(transport=lb1) as one, lib.Client(transport=lb2) as two:
+        post(one)
+        for _ in range(3):
+            assert post(two).json() == {"host": B}
+    set_asides = [e for e in events if e.kind == "set_aside"]
+    assert set_asides == [SetAsideEvent(WALL_NOW, A, reason, cooldown_s, True)]  # type: ignore[arg-type]
+    assert events[0] == set_asides[0]  # before lb2's first attempt
+
+
+def test_a_refusal_of_the_shared_budget_is_a_set_aside_event(
+    make_lb: MakeLb, router: Any, lib: Any, clock: Any
+) -> None:
+    store = MemoryStateStore(clock=clock)
+    store.report([BudgetReport(KEY_A, 0, 5.0, 10)])  # another balancer spent A's window: no record
+    events: list[Event] = []
+    lb = make_lb([Backend(A, 1), Backend(B, 2)], state=store, on_event=events.append)
+    with lib.Client(transport=lb) as client:
+        assert post(client).json() == {"host": B}
+    assert [(e.kind, e.backend) for e in events] == [("set_aside", A), ("attempt", B), ("served", B)]
+    assert events[0] == SetAsideEvent(WALL_NOW, A, "exhausted", 5.0, True)
+    assert router.hosts == [B]
 
 
 def test_an_open_breaker_is_shared(make_lb: MakeLb, router: Any, lib: Any, clock: Any) -> None:
