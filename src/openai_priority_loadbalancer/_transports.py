@@ -94,15 +94,13 @@ class _Wrapping(BaseLoadBalancer):
         return inner if inner is not None else self._build(lib, index, attempt.url)
 
     def _build(self, lib: HttpLib, index: int, url: Any) -> Any:
+        context = self._tls_context(lib)  # before taking the lock: a new one takes tens of milliseconds
+        proxy = _environment_proxy(self._proxies, url.scheme, url.host)
         with self._lock:
             pool = self._pools.setdefault(lib.name, [None] * len(self.backends))
             if pool[index] is None:
                 factory = getattr(lib.module, self._factory)
-                pool[index] = factory(
-                    verify=self._tls_context(lib),
-                    limits=_connection_limits(lib),
-                    proxy=_environment_proxy(self._proxies, url.scheme, url.host),
-                )
+                pool[index] = factory(verify=context, limits=_connection_limits(lib), proxy=proxy)
             return pool[index]
 
     def _tls_context(self, lib: HttpLib) -> Any:
