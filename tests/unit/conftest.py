@@ -7,49 +7,21 @@ only moves when a test moves it.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
 import types
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
+from _unit_support import LIBS, WALL_NOW, FakeClock
 
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer, _transports
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-#: The HTTP libraries the scenarios run with (httpx2 needs Python 3.11; the suite runs without it).
-LIBS: dict[str, Any] = {"httpx": httpx}
-if importlib.util.find_spec("httpx2") is not None:
-    import httpx2
-
-    LIBS["httpx2"] = httpx2
-
-#: A fixed wall-clock reading (seconds since the epoch), for HTTP-date Retry-After values.
-WALL_NOW = 1_700_000_000.0
-
 #: Where the monotonic fake clock starts: not 0, so that float arithmetic is as in production.
 MONOTONIC_START = 1000.0
-
-
-class FakeClock:
-    """A clock for the balancer whose time moves only by ``advance`` / ``set``."""
-
-    def __init__(self, start: float) -> None:
-        self.now = start
-        self.start = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    def set(self, moment: float) -> None:
-        self.now = moment
 
 
 class Router:

@@ -6,31 +6,39 @@ and once with ``httpx2.Client`` over ``httpx2.MockTransport``. Time is a fake cl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import _unit_support
 import httpx
 import pytest
+from _unit_support import (
+    CALLER_URL,
+    LIBS,
+    LOGGER,
+    WAIT,
+    A,
+    B,
+    C,
+    MakeLb,
+    held,
+    httpx2,
+    needs_httpx2,
+    routing,
+    stats_by_id,
+)
 
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer
 
-LOGGER = "openai-priority-loadbalancer"
-CALLER_URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
-try:
-    import httpx2
-except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
-    httpx2 = None
-LIBS: dict[str, Any] = {name: m for name, m in (("httpx", httpx), ("httpx2", httpx2)) if m is not None}
-needs_httpx2 = pytest.mark.skipif(httpx2 is None, reason="httpx2 is not installed")
-WAIT = 5.0  # seconds a test waits for another thread before giving up (never reached when green)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
-A, B, C = "a.example", "b.example", "c.example"
-
-MakeLb = Callable[..., LoadBalancer]
+#: Requests carry the caller's own ``api-key`` unless a test passes ``headers=``; a backend's key replaces it.
+post = functools.partial(_unit_support.post, api_key="caller-key")
 
 
 @pytest.fixture
@@ -47,21 +55,6 @@ def client_for(lib: Any) -> Iterator[Callable[[LoadBalancer], Any]]:
         client.close()
 
 
-def post(client: Any, url: str = CALLER_URL, **kwargs: Any) -> Any:
-    kwargs.setdefault("json", {"messages": [{"role": "user", "content": "hi"}]})
-    kwargs.setdefault("headers", {"api-key": "caller-key"})
-    return client.post(url, **kwargs)
-
-
-def routing(response: Any) -> Any:
-    """The balancer's record of where a response's request went."""
-    return response.extensions["openai_priority_loadbalancer"]
-
-
-def stats_by_id(lb: Any) -> dict[str, Any]:
-    return {s.backend: s for s in lb.stats()}
-
-
 def run_in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     """Run ``target`` in a daemon thread; its result (or exception) lands in the returned list."""
     result: list[Any] = []
@@ -75,17 +68,6 @@ def run_in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     return thread, result
-
-
-def held(lib: Any, entered: threading.Event, release: threading.Event, status: int = 200) -> Any:
-    """A script entry that blocks in the inner transport until ``release`` is set."""
-
-    def answer(request: Any) -> Any:
-        entered.set()
-        assert release.wait(WAIT)
-        return lib.Response(status, json={"host": request.url.host})
-
-    return answer
 
 
 # ---------------------------------------------------------------------- it is a transport

@@ -7,37 +7,23 @@ so these check that the async loop carries out every action (send, close, token,
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+import _unit_support
 import pytest
+from _unit_support import CALLER_URL, LIBS, LOGGER, WAIT, A, B, C, MakeLb, routing, stats_by_id
 
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer
 
-try:
-    import httpx2
-except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
-    httpx2 = None
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
-LIBS: dict[str, Any] = {name: m for name, m in (("httpx", httpx), ("httpx2", httpx2)) if m is not None}
-LOGGER = "openai-priority-loadbalancer"
-CALLER_URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
-WAIT = 5.0
-
-A, B, C = "a.example", "b.example", "c.example"
-
-MakeLb = Callable[..., AsyncLoadBalancer]
-
-
-def routing(response: Any) -> Any:
-    return response.extensions["openai_priority_loadbalancer"]
-
-
-def stats_by_id(lb: Any) -> dict[str, Any]:
-    return {s.backend: s for s in lb.stats()}
+#: Requests carry the caller's own ``api-key`` unless a test passes ``headers=``; a backend's key replaces it.
+#: The client is async: await what it returns.
+post = functools.partial(_unit_support.post, api_key="caller-key")
 
 
 @pytest.fixture
@@ -52,12 +38,6 @@ async def client_for(lib: Any) -> AsyncIterator[Callable[[AsyncLoadBalancer], An
     yield make
     for client in clients:
         await client.aclose()
-
-
-async def post(client: Any, url: str = CALLER_URL, **kwargs: Any) -> Any:
-    kwargs.setdefault("json", {"messages": [{"role": "user", "content": "hi"}]})
-    kwargs.setdefault("headers", {"api-key": "caller-key"})
-    return await client.post(url, **kwargs)
 
 
 def held(lib: Any, entered: asyncio.Event, release: asyncio.Event, status: int = 200) -> Any:

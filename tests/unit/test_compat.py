@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import openai
 import pytest
+from _unit_support import LOGGER, httpx2, needs_httpx2
 
 # The 1.1.1 imports, exactly.
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, BaseLoadBalancer, LoadBalancer
@@ -20,12 +21,6 @@ from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, BaseLoadBal
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-try:
-    import httpx2
-except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
-    httpx2 = None
-
-LOGGER = "openai-priority-loadbalancer"
 EAST, WEST = "oai-eastus.openai.azure.com", "oai-westus.openai.azure.com"
 API_VERSION = "2024-08-01-preview"
 COMPLETION = {
@@ -164,7 +159,7 @@ async def test_the_1_1_1_async_program() -> None:
     await client.close()
 
 
-@pytest.mark.skipif(httpx2 is None, reason="httpx2 is not installed")
+@needs_httpx2
 def test_the_same_program_on_httpx2() -> None:
     backends = backends_1_1_1()
     azure = Azure(httpx2, throttle=(EAST,))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from _unit_support import LOGGER
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -26,8 +27,6 @@ from openai_priority_loadbalancer._cooldown import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-
-LOGGER_NAME = "openai-priority-loadbalancer"
 
 # These properties are about values, not speed: on a loaded 2-core CI machine drawing the header
 # dictionaries can be slow, which must not fail the run (the default deadline and too_slow check).
@@ -477,7 +476,7 @@ class RecordingHeaders:
 
 def test_no_rate_limit_header_costs_only_the_lookups(caplog: pytest.LogCaptureFixture) -> None:
     headers = RecordingHeaders({"content-type": "application/json", "authorization": "Bearer sk-secret"})
-    with caplog.at_level(logging.DEBUG, logger=LOGGER_NAME):
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
         info = read_rate_limit(headers, wall_now=WALL_NOW)
     assert info == RateLimitInfo(None, None, None, None, None)
     assert sorted(headers.asked) == sorted(RATE_LIMIT_HEADERS)
@@ -495,7 +494,7 @@ def test_no_rate_limit_header_costs_only_the_lookups(caplog: pytest.LogCaptureFi
     ],
 )
 def test_clamped_to_max_cooldown(name: str, value: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         info = read_rate_limit({name: value}, wall_now=WALL_NOW, max_cooldown_s=60.0)
     assert info.cooldown_s == 60.0
     assert [record.levelno for record in caplog.records] == [logging.WARNING]
@@ -578,16 +577,16 @@ def test_malformed_value_logs_one_warning_naming_the_header(
     name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     headers = {name: "soon", "authorization": "Bearer sk-secret", "api-key": "secret-key"}
-    with caplog.at_level(logging.DEBUG, logger=LOGGER_NAME):
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
         read_rate_limit(headers, wall_now=WALL_NOW)
     assert len(caplog.records) == 1
     record = caplog.records[0]
-    assert (record.name, record.levelno) == (LOGGER_NAME, logging.WARNING)
+    assert (record.name, record.levelno) == (LOGGER, logging.WARNING)
     assert record.getMessage() == f"ignoring malformed rate-limit header name={name} value='soon'"
 
 
 def test_logged_value_is_cut_to_64_characters(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         read_rate_limit({"retry-after": "x" * 1000}, wall_now=WALL_NOW)
     (record,) = caplog.records
     assert repr("x" * 64) in record.getMessage()
@@ -598,7 +597,7 @@ def test_other_headers_are_never_read_nor_logged(caplog: pytest.LogCaptureFixtur
     values = dict.fromkeys(RATE_LIMIT_HEADERS, "garbage")
     values |= {"authorization": "Bearer sk-secret", "api-key": "secret-key", "cookie": "secret=1"}
     headers = RecordingHeaders(values)
-    with caplog.at_level(logging.DEBUG, logger=LOGGER_NAME):
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
         read_rate_limit(headers, wall_now=WALL_NOW)
     assert set(headers.asked) <= set(RATE_LIMIT_HEADERS)
     assert len(caplog.records) == len(RATE_LIMIT_HEADERS)
@@ -618,13 +617,13 @@ def test_other_headers_are_never_read_nor_logged(caplog: pytest.LogCaptureFixtur
 def test_valid_values_and_sentinels_log_nothing(
     headers: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger=LOGGER_NAME):
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
         read_rate_limit(headers, wall_now=WALL_NOW)
     assert caplog.records == []
 
 
 def test_body_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger=LOGGER_NAME):
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
         assert cooldown_from_body("secret: Please retry after 99999 seconds.", max_cooldown_s=1.0) == 1.0
     (record,) = caplog.records
     assert "secret" not in record.getMessage()

@@ -12,10 +12,10 @@ import asyncio
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from _unit_support import LOGGER, OUTCOMES, WAIT, WALL_NOW, A, B, C, MakeLb, post, routing, stats_by_id
 
 from openai_priority_loadbalancer import (
     AsyncLoadBalancer,
@@ -32,14 +32,8 @@ from openai_priority_loadbalancer import (
     WaitedEvent,
 )
 
-LOGGER = "openai-priority-loadbalancer"
-CALLER_URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
-WALL_NOW = 1_700_000_000.0  # the ``wall`` fixture's reading
-WAIT = 5.0  # seconds a test waits for another thread or task before giving up (never reached when green)
-A, B, C = "a.example", "b.example", "c.example"
-OUTCOMES = frozenset({"served", "throttled", "failed", "abandoned"})
-
-MakeLb = Callable[..., Any]
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class Recorder:
@@ -74,19 +68,6 @@ def assert_paired(events: list[Event]) -> None:
         else:
             assert pending is None, f"{event.kind} between an attempt on {pending} and its outcome"
     assert pending is None
-
-
-def post(client: Any, **kwargs: Any) -> Any:
-    kwargs.setdefault("json", {"messages": [{"role": "user", "content": "hi"}]})
-    return client.post(CALLER_URL, **kwargs)
-
-
-def routing(response: Any) -> Any:
-    return response.extensions["openai_priority_loadbalancer"]
-
-
-def stats_by_id(lb: Any) -> dict[str, Any]:
-    return {s.backend: s for s in lb.stats()}
 
 
 async def until(condition: Callable[[], bool]) -> None:

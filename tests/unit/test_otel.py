@@ -7,6 +7,7 @@ over the HTTP library's ``MockTransport`` (httpx and httpx2 through the ``lib`` 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import itertools
 import json
@@ -16,7 +17,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import _unit_support
 import pytest
+from _unit_support import HOSTS, WAIT, A, B, C, held
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
@@ -42,11 +45,8 @@ from openai_priority_loadbalancer.otel import METER_NAME, OpenTelemetryMetrics
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-CALLER_URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
 CALLER_KEY = "caller-key-0000-must-not-leak"
 SECRET = "sk-backend-key-1234-must-not-leak"
-A, B, C = "a.example", "b.example", "c.example"
-WAIT = 5.0  # seconds a test waits for another thread or task before giving up (never reached when green)
 
 P = "openai_priority_loadbalancer."
 ATTEMPTS = P + "attempts"
@@ -283,12 +283,9 @@ def test_without_opentelemetry_the_import_names_the_extra(monkeypatch: pytest.Mo
 # ---------------------------------------------------------------------- through a balancer
 
 
-def post(client: Any) -> Any:
-    return client.post(CALLER_URL, json={"messages": []}, headers={"api-key": CALLER_KEY})
-
-
-async def apost(client: Any) -> Any:
-    return await client.post(CALLER_URL, json={"messages": []}, headers={"api-key": CALLER_KEY})
+#: A request with no messages and the caller's key, which must never reach the metrics.
+#: Through an async client, await what it returns.
+post = functools.partial(_unit_support.post, json={"messages": []}, api_key=CALLER_KEY)
 
 
 def taking(lib: Any, clock: Any, seconds: float, status: int = 200, headers: Any = None) -> Any:
@@ -412,13 +409,7 @@ def test_active_is_one_while_a_request_is_out(
     otel: Otel, make_lb: Callable[..., Any], router: Any, lib: Any
 ) -> None:
     entered, release = threading.Event(), threading.Event()
-
-    def held(request: Any) -> Any:
-        entered.set()
-        assert release.wait(WAIT)
-        return lib.Response(200)
-
-    router.script(A, held)
+    router.script(A, held(lib, entered, release))
     lb = make_lb([Backend(A, 1), Backend(B, 2)], on_event=otel.on_event)
     with lib.Client(transport=lb) as client, ThreadPoolExecutor(1) as pool:
         future = pool.submit(post, client)
@@ -447,7 +438,7 @@ async def test_active_is_one_while_a_request_is_out_async(
     router.script(A, held, held)
     lb = make_async_lb([Backend(A, 1), Backend(B, 2)], on_event=otel.on_event)
     async with lib.AsyncClient(transport=lb) as client:
-        task = asyncio.create_task(apost(client))
+        task = asyncio.create_task(post(client))
         await asyncio.wait_for(entered.wait(), WAIT)
         assert otel.read().series(ACTIVE) == {at(backend=A): 1}
         release.set()
@@ -457,7 +448,7 @@ async def test_active_is_one_while_a_request_is_out_async(
         # A cancelled request: its attempt is abandoned, and no longer active.
         entered.clear()
         release.clear()
-        task = asyncio.create_task(apost(client))
+        task = asyncio.create_task(post(client))
         await asyncio.wait_for(entered.wait(), WAIT)
         assert otel.read().series(ACTIVE) == {at(backend=A): 1}
         task.cancel()
@@ -507,7 +498,6 @@ def test_no_secret_reaches_the_metrics(
 
 # ---------------------------------------------------------------------- concurrency
 
-HOSTS = (A, B, C)
 THREADS = 8
 REQUESTS = 400
 
@@ -598,7 +588,7 @@ async def test_counts_add_up_under_tasks(otel: Otel, real_sleep: None, lib: Any)
 
     async def one(i: int, client: Any) -> Any:
         async with semaphore:
-            response = await apost(client)
+            response = await post(client)
         if i % 40 == 0:  # while other tasks are out
             active.append(sum(p.value for p in otel.read().points(ACTIVE)))
         return response

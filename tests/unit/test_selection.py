@@ -7,12 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
+from _unit_support import CALLER_URL
 
 from openai_priority_loadbalancer import Backend, LoadBalancer
 from openai_priority_loadbalancer._base import _SCAN_LIMIT
 
 PICKS = 10_000
-URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
 
 
 def _balancer(
@@ -30,7 +30,7 @@ def _balancer(
 
 
 def _send(lb: LoadBalancer, times: int) -> list[int]:
-    request = httpx.Request("POST", URL, content=b"{}")
+    request = httpx.Request("POST", CALLER_URL, content=b"{}")
     return [lb.handle_request(request).status_code for _ in range(times)]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _unit_support import CALLER_URL, FakeClock
 
 from openai_priority_loadbalancer import (
     Backend,
@@ -22,25 +23,7 @@ from openai_priority_loadbalancer import (
     StateStore,
 )
 
-
-class FakeClock:
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 KEYS = ["https://a:443", "https://b:443"]
-URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(1000.0)
 
 
 @pytest.fixture
@@ -128,7 +111,7 @@ class WindowedBackend:
         self.throttled = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        now = self.clock() - 1000.0
+        now = self.clock() - self.clock.start
         window = int(now // self.window_s)
         reset_ms = round(((window + 1) * self.window_s - now) * 1000)
         used = self.served.get(window, 0)
@@ -163,7 +146,7 @@ def _run(clock: FakeClock, state: Any, balancers: int = 4) -> WindowedBackend:
         )
         for _ in range(balancers)
     ]
-    request = httpx.Request("POST", URL, content=b"{}")
+    request = httpx.Request("POST", CALLER_URL, content=b"{}")
     for tick in range(30):
         for i in range(8):
             assert lbs[(tick + i) % balancers].handle_request(request).status_code == 200
@@ -225,7 +208,7 @@ async def test_a_cancelled_probe_lets_the_next_request_probe_at_once() -> None:
 
     lb = AsyncLoadBalancer([Backend("a.example", 1)], transport=httpx.MockTransport(handler), state=store)
     keys = [shared_key(lb.backends[0])]
-    task = asyncio.create_task(lb.handle_async_request(httpx.Request("POST", URL, content=b"{}")))
+    task = asyncio.create_task(lb.handle_async_request(httpx.Request("POST", CALLER_URL, content=b"{}")))
     await asyncio.sleep(0.01)
     assert not store.reserve(keys, 0, [], 10.0).granted  # its probe is out
     task.cancel()

@@ -13,17 +13,16 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from _unit_support import CALLER_URL, HOSTS, OUTCOMES, WAIT, A, B, C, MakeLb, held, post
 
 from openai_priority_loadbalancer import (
     EXTENSION,
     Attempt,
     Backend,
-    BackendStats,
     Event,
     LoadBalancer,
     MemoryStateStore,
@@ -33,22 +32,12 @@ from openai_priority_loadbalancer import (
     shared_key,
 )
 
-LOGGER = "openai-priority-loadbalancer"
-CALLER_URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
-WAIT = 5.0
-A, B, C = "a.example", "b.example", "c.example"
-HOSTS = (A, B, C)
-OUTCOMES = frozenset({"served", "throttled", "failed", "abandoned"})
-
-MakeLb = Callable[..., Any]
-
-
-def post(client: Any, **kwargs: Any) -> Any:
-    kwargs.setdefault("json", {"messages": [{"role": "user", "content": "hi"}]})
-    return client.post(CALLER_URL, **kwargs)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def routing(response: Any) -> Routing:
+    """The response's routing record, checked to be a ``Routing`` of ``Attempt`` records."""
     value = response.extensions[EXTENSION]
     assert isinstance(value, Routing)
     assert isinstance(value.attempts, tuple)
@@ -58,10 +47,6 @@ def routing(response: Any) -> Routing:
 
 def trail(response: Any) -> list[tuple[str, int | None, str | None]]:
     return [(a.backend, a.status, a.error) for a in routing(response).attempts]
-
-
-def stats_by_id(lb: Any) -> dict[str, BackendStats]:
-    return {s.backend: s for s in lb.stats()}
 
 
 def assert_paired_per_actor(events: list[tuple[Any, Event]]) -> None:
@@ -210,13 +195,7 @@ def test_total_is_the_sum_over_backends(make_lb: MakeLb, router: Any, lib: Any) 
 
 def test_in_flight_counts_requests_on_the_wire(make_lb: MakeLb, router: Any, lib: Any) -> None:
     entered, release = threading.Event(), threading.Event()
-
-    def held(request: Any) -> Any:
-        entered.set()
-        assert release.wait(WAIT)
-        return lib.Response(200)
-
-    router.script(A, held)
+    router.script(A, held(lib, entered, release))
     lb = make_lb([Backend(A, 1), Backend(B, 2)])
     with lib.Client(transport=lb) as client, ThreadPoolExecutor(1) as pool:
         future = pool.submit(post, client)

@@ -9,10 +9,10 @@ fails a request. The store and the balancers share one fake clock here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from _unit_support import WALL_NOW, A, B, C, MakeLb, post, stats_by_id
 
 from openai_priority_loadbalancer import (
     AsyncLoadBalancer,
@@ -27,20 +27,10 @@ from openai_priority_loadbalancer import (
     shared_key,
 )
 
-CALLER_URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
-A, B, C = "a.example", "b.example", "c.example"
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 KEY_A = shared_key(Backend(A, 1))
-WALL_NOW = 1_700_000_000.0  # the ``wall`` fixture's reading
-
-MakeLb = Callable[..., Any]
-
-
-def post(client: Any) -> Any:
-    return client.post(CALLER_URL, json={"messages": [{"role": "user", "content": "hi"}]})
-
-
-def stats_by_id(lb: Any) -> dict[str, Any]:
-    return {s.backend: s for s in lb.stats()}
 
 
 def record_of(store: Any, key: str = KEY_A) -> SharedState | None:

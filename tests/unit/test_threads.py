@@ -16,11 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from _unit_support import CALLER_URL, HOSTS
 
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer
 
-URL = "https://caller.example/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
-HOSTS = ("a.example", "b.example", "c.example")
 THREADS = 8
 REQUESTS = 400
 
@@ -89,7 +88,7 @@ def test_shared_by_threads(real_sleep: None, failures: bool) -> None:
     )
     started = time.monotonic()
     with httpx.Client(transport=lb) as client, ThreadPoolExecutor(THREADS) as pool:
-        responses = list(pool.map(lambda _: client.post(URL, json={"i": 1}), range(REQUESTS)))
+        responses = list(pool.map(lambda _: client.post(CALLER_URL, json={"i": 1}), range(REQUESTS)))
     assert time.monotonic() - started < 3
     statuses = Counter(r.status_code for r in responses)
     assert all(_synthesized(r) for r in responses if r.status_code == 429)
@@ -107,7 +106,7 @@ def test_shared_by_threads_without_waiting(real_sleep: None) -> None:
 
     def worker(_: int) -> list[httpx.Response]:
         barrier.wait()
-        return [client.post(URL, json={}) for _ in range(REQUESTS // THREADS)]
+        return [client.post(CALLER_URL, json={}) for _ in range(REQUESTS // THREADS)]
 
     with httpx.Client(transport=lb) as client, ThreadPoolExecutor(THREADS) as pool:
         responses = [r for chunk in pool.map(worker, range(THREADS)) for r in chunk]
@@ -133,7 +132,7 @@ async def test_shared_by_tasks(real_sleep: None) -> None:
 
     async def one(client: httpx.AsyncClient) -> httpx.Response:
         async with semaphore:
-            return await client.post(URL, json={})
+            return await client.post(CALLER_URL, json={})
 
     async with httpx.AsyncClient(transport=lb) as client:
         responses = await asyncio.wait_for(asyncio.gather(*(one(client) for _ in range(REQUESTS))), 5)
