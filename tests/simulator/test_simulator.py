@@ -275,7 +275,7 @@ def test_pipelined_requests_are_answered_in_order():
 
 
 @pytest.mark.parametrize(
-    "style", ["retry-after", "retry-after-float", "http-date", "retry-after-ms", "reset-requests"]
+    "style", ["retry-after", "retry-after-float", "http-date", "retry-after-ms", "reset-requests", "azure"]
 )
 def test_capacity_then_429_with_each_header_style(client, style):
     config = InstanceConfig("eastus", requests_per_window=3, window_s=1.5, header_style=style)
@@ -297,7 +297,7 @@ def test_capacity_then_429_with_each_header_style(client, style):
         assert f"Please retry after {math.ceil(expected)} seconds" in error["message"]
         assert headers["x-simulator-instance"] == "eastus"
         assert headers["x-ratelimit-remaining-requests"] == "0"
-        if style == "retry-after":
+        if style in ("retry-after", "azure"):
             assert headers["retry-after"] == str(math.ceil(expected))
             assert "retry-after-ms" not in headers
         elif style == "retry-after-float":
@@ -312,6 +312,20 @@ def test_capacity_then_429_with_each_header_style(client, style):
             assert "retry-after" not in headers
             assert abs(parse_duration(headers["x-ratelimit-reset-requests"]) - expected) < 0.05
         assert (stats.received, stats.served, stats.throttled) == (4, 3, 1)
+
+
+def test_azure_style_reports_only_what_remains(client):
+    """Like Azure OpenAI: the remaining counts on every answer, never the limit or the reset."""
+    config = InstanceConfig("eastus", requests_per_window=2, tokens_per_minute=6000, header_style="azure")
+    with Simulator([config]) as sim:
+        answers = [chat(client, sim, "eastus") for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["1", "0", "0"]
+    for answer in answers:
+        assert "x-ratelimit-remaining-tokens" in answer.headers
+        assert not [n for n in answer.headers if n.startswith(("x-ratelimit-limit", "x-ratelimit-reset"))]
+        assert "retry-after-ms" not in answer.headers
+    assert answers[2].headers["retry-after"] == "1"
 
 
 def test_window_resets_and_served_per_window(client):

@@ -12,8 +12,10 @@ __all__ = ["FAILURE_MODES", "HEADER_STYLES", "FailureMode", "HeaderStyle", "Inst
 FailureMode = Literal["500", "503", "refuse", "hang"]
 """How a failing instance misbehaves (see `InstanceConfig.failure`)."""
 
-HeaderStyle = Literal["retry-after", "retry-after-float", "http-date", "retry-after-ms", "reset-requests"]
-"""How a 429 says when to retry (see `InstanceConfig.header_style`)."""
+HeaderStyle = Literal[
+    "retry-after", "retry-after-float", "http-date", "retry-after-ms", "reset-requests", "azure"
+]
+"""How a 429 says when to retry, and what answers say of the budget (see `InstanceConfig.header_style`)."""
 
 FAILURE_MODES: tuple[str, ...] = get_args(FailureMode)
 HEADER_STYLES: tuple[str, ...] = get_args(HeaderStyle)
@@ -50,10 +52,12 @@ class InstanceConfig:
         header_style: How a 429 says when to retry: ``"retry-after"`` (whole seconds, rounded
             up), ``"retry-after-float"`` (seconds with millisecond precision),
             ``"http-date"`` (an HTTP-date, rounded up to the next whole second),
-            ``"retry-after-ms"`` (``retry-after-ms`` plus whole-second ``retry-after``) or
+            ``"retry-after-ms"`` (``retry-after-ms`` plus whole-second ``retry-after``),
             ``"reset-requests"`` (only ``x-ratelimit-reset-requests``, or
             ``x-ratelimit-reset-tokens`` when the token budget ran out, as a duration such as
-            ``"1s"`` or ``"250ms"``).
+            ``"1s"`` or ``"250ms"``), or ``"azure"`` (as Azure OpenAI answers: ``retry-after`` in
+            whole seconds on a 429, and on every answer only the ``x-ratelimit-remaining-*``
+            headers: no limit and no reset header, so a client cannot tell when a window ends).
         api_key: If set, requests must carry it as ``api-key`` or ``Authorization: Bearer``;
             others get a 401.
         port: TCP port on the simulator's host; ``0`` picks a free one.

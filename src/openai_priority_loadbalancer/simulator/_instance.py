@@ -351,7 +351,7 @@ class InstanceRuntime:
             ("apim-request-id", request_id),
         ]
         if config.ratelimit_headers:
-            _add_budget_headers(headers, admission, arrival, reset=True)
+            _add_budget_headers(headers, admission, arrival, reset=True, azure=config.header_style == "azure")
         if inputs is not None:
             payload = _embeddings_payload(body, model, inputs)
         elif streaming:
@@ -427,7 +427,7 @@ class InstanceRuntime:
         headers = [_JSON, ("x-simulator-instance", config.name), ("x-request-id", request_id)]
         headers.append(("apim-request-id", request_id))
         style = config.header_style
-        if style == "retry-after":
+        if style in ("retry-after", "azure"):
             headers.append(("retry-after", str(seconds)))
         elif style == "retry-after-float":
             headers.append(("retry-after", f"{math.ceil(wait * 1000 - 1e-6) / 1000:.3f}"))
@@ -439,7 +439,7 @@ class InstanceRuntime:
         else:
             headers.append((f"x-ratelimit-reset-{admission.throttled_by}", format_duration(wait)))
         if config.ratelimit_headers:
-            _add_budget_headers(headers, admission, now, reset=False)
+            _add_budget_headers(headers, admission, now, reset=False, azure=style == "azure")
         version = request.query.partition("api-version=")[2].partition("&")[0] or "v1"
         kind = "call" if admission.throttled_by == "requests" else "token"
         unit = "second" if seconds == 1 else "seconds"
@@ -562,16 +562,20 @@ def _authorized(request: Request, key: str) -> bool:
 
 
 def _add_budget_headers(
-    headers: list[tuple[str, str]], admission: _Admission, now: float, *, reset: bool
+    headers: list[tuple[str, str]], admission: _Admission, now: float, *, reset: bool, azure: bool = False
 ) -> None:
+    """The budget headers of an answer; ``azure``: only the remaining counts, as Azure OpenAI sends."""
+    reset = reset and not azure
     reset_in = format_duration(admission.reset_at - now) if reset else ""
     if admission.limit is not None:
-        headers.append(("x-ratelimit-limit-requests", str(admission.limit)))
+        if not azure:
+            headers.append(("x-ratelimit-limit-requests", str(admission.limit)))
         headers.append(("x-ratelimit-remaining-requests", str(admission.remaining)))
         if reset:
             headers.append(("x-ratelimit-reset-requests", reset_in))
     if admission.token_budget is not None:
-        headers.append(("x-ratelimit-limit-tokens", str(admission.token_budget)))
+        if not azure:
+            headers.append(("x-ratelimit-limit-tokens", str(admission.token_budget)))
         headers.append(("x-ratelimit-remaining-tokens", str(admission.tokens_remaining)))
         if reset:
             headers.append(("x-ratelimit-reset-tokens", reset_in))
