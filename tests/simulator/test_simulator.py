@@ -71,6 +71,8 @@ def parse_duration(text: str) -> float:
         ({"window_s": float("inf")}, ValueError),
         ({"tokens_per_minute": 0}, ValueError),
         ({"latency_s": -0.1}, ValueError),
+        ({"first_chunk_delay_s": -1}, ValueError),
+        ({"first_chunk_delay_s": "1"}, TypeError),
         ({"stream_chunks": 0}, ValueError),
         ({"failure": "404"}, ValueError),
         ({"header_style": "retry-after-seconds"}, ValueError),
@@ -493,6 +495,33 @@ def test_stream_is_delivered_incrementally(client):
     assert total >= 0.45
 
 
+def test_stream_start_latency_and_first_chunk_delay(client):
+    """``latency_s`` holds back a stream's headers; ``first_chunk_delay_s`` only its first chunk."""
+    configs = [
+        InstanceConfig("late", latency_s=0.3, stream_chunks=2),
+        InstanceConfig("early", first_chunk_delay_s=0.3, stream_chunks=2),
+    ]
+    body = {"messages": MESSAGES, "stream": True}
+    with Simulator(configs) as sim:
+        for name, headers_after in (("late", (0.3, 1.0)), ("early", (0.0, 0.2))):
+            started = time.monotonic()
+            with client.stream("POST", sim.url(name) + CHAT, json=body) as response:
+                headers_at = time.monotonic() - started
+                assert response.status_code == 200
+                lines = response.iter_lines()
+                first = next(line for line in lines if line.startswith("data: "))
+                first_at = time.monotonic() - started
+                rest = [line for line in lines if line.startswith("data: ")]
+            assert headers_after[0] <= headers_at < headers_after[1], name
+            assert first_at >= 0.3, name
+            assert json.loads(first[len("data: ") :])["choices"][0]["delta"]["role"] == "assistant"
+            assert rest[-1] == "data: [DONE]"
+        # A non-streamed answer is not held back by first_chunk_delay_s.
+        started = time.monotonic()
+        assert chat(client, sim, "early").status_code == 200
+        assert time.monotonic() - started < 0.2
+
+
 def test_openai_sdk_plain_stream_and_embeddings():
     openai = pytest.importorskip("openai")
     config = InstanceConfig(
@@ -650,10 +679,10 @@ def test_parse_instance_spec():
         port=8081,
     )
     long_form = parse_instance(
-        "name=b,requests_per_window=unlimited,failure=hang,key=k,headers=false,chunks=3"
+        "name=b,requests_per_window=unlimited,failure=hang,key=k,headers=false,chunks=3,first_chunk=2.5"
     )
     assert long_form == InstanceConfig(
-        "b", failure="hang", api_key="k", ratelimit_headers=False, stream_chunks=3
+        "b", failure="hang", api_key="k", ratelimit_headers=False, stream_chunks=3, first_chunk_delay_s=2.5
     )
     for bad in ("rpw=4", "a,bogus=1", "a,rpw=x", "a,rpw", "a,style=nope", "a,rpw=1,rpw=2"):
         with pytest.raises(ValueError, match="--instance"):

@@ -36,12 +36,13 @@ _ALIASES = {
     "latency": "latency_s",
     "chunks": "stream_chunks",
     "chunk_delay": "stream_chunk_delay_s",
+    "first_chunk": "first_chunk_delay_s",
     "style": "header_style",
     "key": "api_key",
     "headers": "ratelimit_headers",
 }
 _INTS = {"requests_per_window", "tokens_per_minute", "stream_chunks", "port"}
-_FLOATS = {"window_s", "latency_s", "stream_chunk_delay_s"}
+_FLOATS = {"window_s", "latency_s", "stream_chunk_delay_s", "first_chunk_delay_s"}
 _OPTIONAL = {"requests_per_window", "tokens_per_minute", "failure", "api_key"}
 _FIELDS = {field.name for field in fields(InstanceConfig)}
 
@@ -52,7 +53,8 @@ instance syntax:
     rpw / requests_per_window   requests admitted per window (int; "none" = unlimited)
     window / window_s           window length in seconds (default 1)
     tpm / tokens_per_minute     token budget per minute, enforced pro rata per window
-    latency / latency_s         seconds before the answer / the first streamed chunk
+    latency / latency_s         seconds before the answer / a streamed answer's headers
+    first_chunk / first_chunk_delay_s   seconds between a streamed answer's headers and first chunk
     chunks / stream_chunks      chunks in a streamed answer (default 10)
     chunk_delay / stream_chunk_delay_s   seconds between streamed chunks
     failure                     none | {" | ".join(FAILURE_MODES)}
@@ -161,6 +163,8 @@ def _describe(config: InstanceConfig) -> str:
         parts.append(f"{config.tokens_per_minute} tokens per minute")
     if config.latency_s:
         parts.append(f"latency {config.latency_s:g} s")
+    if config.first_chunk_delay_s:
+        parts.append(f"first chunk after {config.first_chunk_delay_s:g} s")
     parts.append(f"429 style {config.header_style}")
     if config.failure is not None:
         parts.append(f"failure {config.failure}")

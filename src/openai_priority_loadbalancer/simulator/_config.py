@@ -42,8 +42,12 @@ class InstanceConfig:
             estimate (about 4 characters per token) plus ``max_tokens`` (or
             ``max_completion_tokens``; 16 when neither is given), counted when it is admitted,
             as Azure does.
-        latency_s: Delay before answering (non-streamed) or before the first chunk (streamed).
-            Only admitted requests wait; errors and 429s are answered at once.
+        latency_s: Delay before answering (non-streamed) or before a streamed answer starts:
+            nothing, not even the status line and headers, is sent before it (a backend slow to
+            start). Only admitted requests wait; errors and 429s are answered at once.
+        first_chunk_delay_s: Delay between a streamed answer's headers, sent at once (after
+            ``latency_s``), and its first chunk: a backend that starts its answer and is then slow
+            to produce its first token.
         stream_chunks: Number of ``chat.completion.chunk`` events in a streamed answer.
         stream_chunk_delay_s: Delay between two chunks of a streamed answer.
         failure: ``None`` (healthy), ``"500"`` or ``"503"`` (every request gets that status),
@@ -77,6 +81,7 @@ class InstanceConfig:
     window_s: float = 1.0
     tokens_per_minute: int | None = None
     latency_s: float = 0.0
+    first_chunk_delay_s: float = 0.0
     stream_chunks: int = 10
     stream_chunk_delay_s: float = 0.0
     failure: FailureMode | None = None
@@ -98,6 +103,7 @@ class InstanceConfig:
             raise ValueError(f"port must be at most 65535, not {self.port}")
         _check_float("window_s", self.window_s, positive=True)
         _check_float("latency_s", self.latency_s)
+        _check_float("first_chunk_delay_s", self.first_chunk_delay_s)
         _check_float("stream_chunk_delay_s", self.stream_chunk_delay_s)
         if self.failure is not None and self.failure not in FAILURE_MODES:
             raise ValueError(f"failure must be None or one of {FAILURE_MODES}, not {self.failure!r}")

@@ -489,6 +489,9 @@ class InstanceRuntime:
                 await asyncio.sleep(latency)
             chunked = connection.start_chunked(request, 200, headers)
             frame = _chunk if chunked else _plain
+            if config.first_chunk_delay_s > 0:
+                await connection.drain()
+                await asyncio.sleep(config.first_chunk_delay_s)
             name = config.name
             count = config.stream_chunks
             delay = config.stream_chunk_delay_s
