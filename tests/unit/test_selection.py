@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from typing import Any
 
@@ -13,6 +14,10 @@ from openai_priority_loadbalancer import Backend, LoadBalancer
 from openai_priority_loadbalancer._base import _SCAN_LIMIT
 
 PICKS = 10_000
+#: The balancers' random choices are seeded: a statistical bound checked against a fresh random draw
+#: on every run fails now and then however wide it is (a 5-sigma bound over 200 backends, about once in
+#: two thousand runs), and a red first ``pytest`` says nothing about the code.
+SEED = 20_240_601
 
 
 def _balancer(
@@ -26,7 +31,9 @@ def _balancer(
         return httpx.Response(code, headers={"retry-after": "60"} if code == 429 else {})
 
     options.setdefault("max_wait_s", 0)
-    return LoadBalancer(backends, transport=httpx.MockTransport(handler), **options), hits
+    lb = LoadBalancer(backends, transport=httpx.MockTransport(handler), **options)
+    lb._random = random.Random(SEED)
+    return lb, hits
 
 
 def _send(lb: LoadBalancer, times: int) -> list[int]:
