@@ -83,9 +83,12 @@ class Backend:
             _check_type("path", self.path, str)
         if self.api_key is not None:
             _check_type("api_key", self.api_key, str)
+            # The messages never repeat the key.
             if not (self.api_key.isascii() and self.api_key.isprintable()):
-                # The message never repeats the key.
                 raise ValueError("Backend.api_key must be printable ASCII (it is sent as a header value)")
+            if self.api_key != self.api_key.strip():
+                # A header value cannot begin or end with a space: every request would fail, quoting it.
+                raise ValueError("Backend.api_key must not begin or end with whitespace")
         if isinstance(self.weight, bool) or not isinstance(self.weight, int | float):
             raise TypeError(f"Backend.weight must be a number, got {type(self.weight).__name__}")
         if not (math.isfinite(self.weight) and self.weight > 0):
@@ -145,7 +148,8 @@ def _normalise_path(name: str, path: str) -> str:
     if not path.isascii():
         raise ValueError(f"Backend.{name}: a path prefix must be ASCII (percent-encode it), got {path!r}")
     if any(c in path for c in "?#") or any(c.isspace() for c in path):
-        raise ValueError(f"Backend.{name}: a path prefix must not contain '?', '#' or spaces, got {path!r}")
+        # Not repeated: what follows a '?' may be a query with a secret in it.
+        raise ValueError(f"Backend.{name}: a path prefix must not contain '?', '#' or spaces")
     path = path.strip("/")
     return f"/{path}" if path else ""
 
@@ -166,7 +170,8 @@ def _parse_host(host: str) -> tuple[str | None, str, int | None, str]:
     if has_scheme and parts.scheme not in ("http", "https"):
         raise ValueError(f"Backend.host: scheme must be http or https, got {parts.scheme!r}")
     if parts.query or parts.fragment or text.endswith(("?", "#")):
-        raise ValueError(f"Backend.host must not have a query or fragment, got {host!r}")
+        # The host is not repeated: a query may hold a key ("?api-key=...").
+        raise ValueError("Backend.host must not have a query or fragment ('?', '#'); give keys as api_key")
     if not has_scheme and parts.path:
         raise ValueError(f"Backend.host {host!r} has a path: give a URL (https://host/prefix) or use path=")
     hostname = parts.hostname or ""

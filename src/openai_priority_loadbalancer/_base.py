@@ -82,6 +82,9 @@ _SHARED_PROBE_TTL_S: Final = 10.0
 _SCAN_LIMIT: Final = 32
 _SAMPLE: Final = 16
 _TOKEN_CHARS: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# The headers of an attempt that carry a credential, and the shortest value taken out of an error's text.
+_CREDENTIAL_HEADERS: Final = ("api-key", "authorization")
+_MIN_SECRET: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,10 +304,11 @@ class BaseLoadBalancer:
                 if shared_probe:
                     yield self._end_probe(state)
                 raise
-            except BaseException:
+            except BaseException as exc:
                 self._release(state, probe, now)
                 if shared_probe:  # it ends unanswered: let the next request probe, not in 10 s
                     yield self._end_probe(state)
+                _scrub_credentials(exc, attempt)
                 raise
             elapsed = self._clock() - now
             attempts.append(Attempt(backend.id, response.status_code, None, elapsed))
@@ -822,6 +826,26 @@ def _validated(backends: Iterable[Backend]) -> list[Backend]:
         if first != i:
             raise ValueError(f"backends[{i}] and backends[{first}] are the same endpoint: {backend.id}")
     return result
+
+
+def _scrub_credentials(exc: BaseException, attempt: Request) -> None:
+    """Take the attempt's credentials out of the message of ``exc`` (and drop the exceptions it chains,
+    which quote them too): an HTTP library refusing a header value quotes it ("Illegal header value
+    b'KEY '"), and the message ends up in logs and tracebacks."""
+    text = str(exc)
+    secrets: list[str] = []
+    for name in _CREDENTIAL_HEADERS:
+        value = attempt.headers.get(name)
+        if value:
+            secrets += [value, value.strip(), repr(value.encode())[2:-1], *value.split()[1:]]
+    found = [secret for secret in secrets if len(secret) >= _MIN_SECRET and secret in text]
+    if not found:
+        return
+    for secret in sorted(found, key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    exc.args = (text,)
+    exc.__cause__ = exc.__context__ = None
+    exc.__suppress_context__ = True
 
 
 def _rewrite_deployment(raw_path: bytes, deployments: Mapping[str, str]) -> bytes:

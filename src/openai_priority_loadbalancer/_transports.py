@@ -269,6 +269,8 @@ def _check_token(token: object) -> None:
         raise TypeError(f"azure_ad_token_provider must return a non-empty str, got {type(token).__name__}")
     if not (token.isascii() and token.isprintable()):
         raise ValueError("azure_ad_token_provider returned a token that is not printable ASCII")
+    if token != token.strip():
+        raise ValueError("azure_ad_token_provider returned a token that begins or ends with whitespace")
 
 
 def _environment_proxy(proxies: dict[str, str], scheme: str, host: str) -> str | None:

@@ -254,6 +254,33 @@ def test_credentials_in_the_url_are_refused_without_echoing_them(host: str) -> N
     assert "hunter2" not in repr(info.value)
 
 
+@pytest.mark.parametrize("api_key", ["sk-SECRET-123 ", " sk-SECRET-123", "sk-SECRET-123\u00a0"])
+def test_api_key_with_surrounding_whitespace_is_refused_without_echoing_it(api_key: str) -> None:
+    """Accepted, such a key made every request fail with an error that quoted it."""
+    with pytest.raises(ValueError, match="api_key") as info:
+        Backend("a.example", 1, api_key=api_key)
+    assert "SECRET" not in str(info.value)
+    assert "SECRET" not in repr(info.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "path"),
+    [
+        ("https://a.example/?api-key=sk-SECRET-123", None),
+        ("https://a.example/openai?api-key=sk-SECRET-123#x", None),
+        ("a.example:8080?key=sk-SECRET-123", None),
+        ("https://a.example#sk-SECRET-123", None),
+        ("a.example", "/ai?api-key=sk-SECRET-123"),
+        ("a.example", "/ai#sk-SECRET-123"),
+    ],
+)
+def test_a_query_in_the_host_or_path_is_refused_without_echoing_it(host: str, path: str | None) -> None:
+    with pytest.raises(ValueError, match="host" if path is None else "path") as info:
+        Backend(host, 1, path)
+    assert "SECRET" not in str(info.value)
+    assert "SECRET" not in repr(info.value)
+
+
 def test_both_api_key_and_token_provider_message_names_both() -> None:
     with pytest.raises(ValueError, match="api_key") as info:
         Backend("a.example", 1, api_key="k", azure_ad_token_provider=lambda: "t")

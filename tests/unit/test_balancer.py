@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import threading
+import traceback
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -1212,15 +1213,33 @@ def test_failing_token_provider_is_raised_and_not_counted(
     assert (stats.in_flight, stats.failures, stats.cooling_down_for_s) == (0, 0, 0)
 
 
-@pytest.mark.parametrize("token", ["t\u00f6ken", "token\r\nx-injected: 1"])
+@pytest.mark.parametrize("token", ["t\u00f6ken", "token\r\nx-injected: 1", "token-SECRET ", " token-SECRET"])
 def test_a_token_that_cannot_be_a_header_fails_clearly_without_leaking_in_flight(
     make_lb: MakeLb, router: Any, client_for: Any, token: str
 ) -> None:
     lb = make_lb([Backend(A, 1, azure_ad_token_provider=lambda: token), Backend(B, 2)])
-    with pytest.raises(ValueError, match="not printable ASCII") as raised:
+    with pytest.raises(ValueError, match=r"not printable ASCII|whitespace") as raised:
         post(client_for(lb))
     assert token not in str(raised.value)
     assert router.requests == []
+    assert [s.in_flight for s in lb.stats()] == [0, 0]
+
+
+@pytest.mark.parametrize("header", ["api-key", "authorization"])
+def test_an_error_quoting_the_callers_credential_does_not_show_it(
+    make_lb: MakeLb, router: Any, client_for: Any, lib: Any, header: str
+) -> None:
+    """An HTTP library refusing a header value quotes it; the balancer takes the secret out of the text."""
+    value = "caller-SECRET-key " if header == "api-key" else "Bearer caller-SECRET-token "
+    cause = ValueError(f"Illegal header value {value.encode()!r}")
+    error = lib.LocalProtocolError(f"Illegal header value {value.encode()!r}")
+    error.__cause__ = cause
+    router.script(A, error)
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    with pytest.raises(lib.LocalProtocolError) as raised:
+        post(client_for(lb), headers={header: value})
+    assert "Illegal header value" in str(raised.value)
+    assert "SECRET" not in "".join(traceback.format_exception(raised.value))
     assert [s.in_flight for s in lb.stats()] == [0, 0]
 
 
