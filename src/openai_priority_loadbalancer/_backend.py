@@ -6,6 +6,7 @@ backend, so one list of backends can be shared by several balancers, sync and as
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,7 +24,9 @@ TokenProvider = Callable[[], "str | Awaitable[str]"]
 # and IPv4 literals; IPv6 literals come in brackets and are checked separately.
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?$")
 _IPV6 = re.compile(r"^[0-9A-Fa-f:.]+$")
-_DEPLOYMENT = re.compile(r"^[^/?#\s]+$")
+# Deployment names go into the request's path and JSON body: printable ASCII, no path syntax.
+_DEPLOYMENT = re.compile(r"^[!-~]+$")
+_DEPLOYMENT_FORBIDDEN = frozenset("/?#%")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -107,10 +110,12 @@ class Backend:
             for key, value in self.deployments.items():
                 if not (isinstance(key, str) and isinstance(value, str)):
                     raise TypeError("Backend.deployments must map str to str")
-                if not (_DEPLOYMENT.match(key) and _DEPLOYMENT.match(value)):
+                if not all(
+                    _DEPLOYMENT.match(n) and not _DEPLOYMENT_FORBIDDEN.intersection(n) for n in (key, value)
+                ) or (key in (".", "..") or value in (".", "..")):
                     raise ValueError(
-                        f"Backend.deployments: names must be non-empty without '/', '?', '#' or spaces, "
-                        f"got {key!r} -> {value!r}"
+                        "Backend.deployments: names must be non-empty printable ASCII without '/', '?', '#', "
+                        f"'%' or spaces, and not '.' or '..'; got {key!r} -> {value!r}"
                     )
             deployments = MappingProxyType(dict(self.deployments))
 
@@ -151,6 +156,9 @@ def _normalise_path(name: str, path: str) -> str:
         # Not repeated: what follows a '?' may be a query with a secret in it.
         raise ValueError(f"Backend.{name}: a path prefix must not contain '?', '#' or spaces")
     path = path.strip("/")
+    if any(segment in (".", "..") for segment in path.lower().replace("%2e", ".").split("/")):
+        # A server resolves them: "/../admin" would reach "/admin", outside the prefix given.
+        raise ValueError(f"Backend.{name}: a path prefix must not have '.' or '..' segments, got {path!r}")
     return f"/{path}" if path else ""
 
 
@@ -178,6 +186,11 @@ def _parse_host(host: str) -> tuple[str | None, str, int | None, str]:
     bracketed = "[" in parts.netloc
     if not (_IPV6.match(hostname) if bracketed else _HOSTNAME.match(hostname)) or ".." in hostname:
         raise ValueError(f"Backend.host has an invalid host name: {host!r}")
+    if bracketed:
+        try:  # one address, one spelling: [0:0::1] is [::1], the same endpoint
+            hostname = ipaddress.IPv6Address(hostname).compressed
+        except ValueError:
+            raise ValueError(f"Backend.host has an invalid IPv6 address: {host!r}") from None
     if port is not None and port == 0:
         raise ValueError(f"Backend.host: port must be 1-65535, got {host!r}")
     if has_scheme and port == _DEFAULT_PORTS[parts.scheme]:

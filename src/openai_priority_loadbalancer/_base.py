@@ -825,6 +825,12 @@ def _validated(backends: Iterable[Backend]) -> list[Backend]:
         first = seen.setdefault(backend.origin, i)
         if first != i:
             raise ValueError(f"backends[{i}] and backends[{first}] are the same endpoint: {backend.id}")
+    for priority in {b.priority for b in result}:
+        # Choosing by weight adds a tier's weights: their sum must be a number.
+        if not math.isfinite(sum(b.weight for b in result if b.priority == priority)):
+            raise ValueError(
+                f"backends: the weights of priority {priority} add up to more than a float holds"
+            )
     return result
 
 

@@ -193,6 +193,21 @@ def test_token_provider_is_accepted() -> None:
         ({"deployments": {"a/b": "x"}}, ValueError, "deployments"),
         ({"deployments": {"a": "x?y"}}, ValueError, "deployments"),
         ({"deployments": {"a": "x y"}}, ValueError, "deployments"),
+        # a name that is not ASCII made every request fail (UnicodeDecodeError), '..' climbs the path
+        ({"deployments": {"gpt-4o": "gpt-4o-\u00e9"}}, ValueError, "deployments"),
+        ({"deployments": {"gpt-4\u00f6": "gpt-4o"}}, ValueError, "deployments"),
+        ({"deployments": {"gpt-4o": "gpt\x00"}}, ValueError, "deployments"),
+        ({"deployments": {"gpt-4o": ".."}}, ValueError, "deployments"),
+        ({"deployments": {"gpt-4o": "a%2Fb"}}, ValueError, "deployments"),
+        # dot segments: a server resolves "/../admin" to "/admin", outside the prefix
+        ({"host": "https://a.example/../admin"}, ValueError, "host"),
+        ({"host": "https://a.example/ai/./x"}, ValueError, "host"),
+        ({"host": "https://a.example/%2e%2E/admin"}, ValueError, "host"),
+        ({"path": "/../admin"}, ValueError, "path"),
+        ({"path": "ai/.."}, ValueError, "path"),
+        ({"path": "/%2E"}, ValueError, "path"),
+        ({"host": "[1::2::3]:80"}, ValueError, "host"),
+        ({"host": "[:::]"}, ValueError, "host"),
         # token provider
         ({"azure_ad_token_provider": "token"}, TypeError, "azure_ad_token_provider"),
         ({"azure_ad_token_provider": 42}, TypeError, "azure_ad_token_provider"),
@@ -386,6 +401,8 @@ def test_element_not_a_backend_is_named_by_index(element: Any) -> None:
         (Backend("https://a.example/ai", 1), Backend("https://A.example/ai/", 1)),
         (Backend("a.example", 1, api_key="k1"), Backend("a.example", 1, api_key="k2")),
         (Backend("[::1]:8080", 1), Backend("[::1]:8080", 2)),
+        (Backend("[::1]:8080", 1), Backend("[0:0::1]:8080", 1)),  # one address written two ways
+        (Backend("http://[2001:DB8::1]/ai", 1), Backend("http://[2001:db8:0:0:0:0:0:1]/ai", 1)),
     ],
 )
 def test_duplicates_name_both_indexes(first: Backend, second: Backend) -> None:
@@ -419,6 +436,21 @@ def test_duplicate_with_explicit_default_port(first: str, second: str) -> None:
 )
 def test_distinct_endpoints_are_accepted(first: Backend, second: Backend) -> None:
     assert _lb([first, second]).backends == [first, second]
+
+
+def test_an_ipv6_address_has_one_spelling() -> None:
+    backend = Backend("http://[0:0::1]:8080/ai", 1)
+    assert backend.hostname == "::1"
+    assert backend.id == "http://[::1]:8080/ai"
+
+
+@pytest.mark.parametrize("weights", [(1e308, 1e308), (1.7e308, 1e307, 1.0)])
+def test_weights_whose_sum_overflows_are_refused(weights: tuple[float, ...]) -> None:
+    """Accepted, they failed every request: choosing by weight adds them up."""
+    backends = [Backend(f"b{i}.example", 1, weight=w) for i, w in enumerate(weights)]
+    with pytest.raises(ValueError, match="weight"):
+        _lb([*backends, Backend("other.example", 2)])
+    _lb([Backend("a.example", 1, weight=1e308), Backend("b.example", 2, weight=1e308)])  # other tiers
 
 
 def test_any_iterable_of_backends_is_accepted() -> None:
