@@ -501,7 +501,10 @@ class BaseLoadBalancer:
         headers = attempt.headers  # the attempt's own copy
         headers["Host"] = host
         if body is not None:
+            # The new body has a length: a chunked upload's framing header would frame it twice.
             headers["Content-Length"] = str(len(body))
+            if "transfer-encoding" in headers:
+                del headers["transfer-encoding"]
         if backend.api_key is not None:
             headers["api-key"] = backend.api_key
             if "authorization" in headers:

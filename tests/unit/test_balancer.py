@@ -508,6 +508,28 @@ def test_streamed_upload_is_replayed_on_failover(make_lb: MakeLb, router: Any, c
     assert [r.content for r in router.requests] == [b'{"a": 1}', b'{"a": 1}']
 
 
+def test_a_rewritten_streamed_body_is_framed_once(make_lb: MakeLb, router: Any, client_for: Any) -> None:
+    """A streamed upload is sent chunked; once its model is rewritten it has a length, and only that:
+    both ``Content-Length`` and ``Transfer-Encoding`` on one request is a request-smuggling hazard."""
+    client = client_for(make_lb([Backend(A, 1, deployments={"gpt-4o": "gpt-4o-east"}), Backend(B, 2)]))
+    router.script(A, 429)
+
+    def body() -> Iterator[bytes]:
+        yield b'{"model": "gpt-4o", '
+        yield b'"messages": []}'
+
+    response = client.post("https://caller.example/openai/v1/chat/completions", content=body())
+    assert response.status_code == 200
+    to_a, to_b = router.requests
+    assert json.loads(to_a.content)["model"] == "gpt-4o-east"
+    assert int(to_a.headers["content-length"]) == len(to_a.content)
+    assert "transfer-encoding" not in to_a.headers
+    # Not rewritten, the other attempt goes as the caller framed it.
+    assert json.loads(to_b.content)["model"] == "gpt-4o"
+    assert to_b.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in to_b.headers
+
+
 # ---------------------------------------------------------------------- 429
 
 
