@@ -174,7 +174,16 @@ def _describe(config: InstanceConfig) -> str:
 
 
 def _counters(simulator: Simulator) -> str:
-    columns = ("received", "served", "throttled", "failed", "unauthorized", "rejected", "in_flight")
+    columns = (
+        "received",
+        "served",
+        "throttled",
+        "failed",
+        "unauthorized",
+        "rejected",
+        "not_found",
+        "in_flight",
+    )
     width = max(8, *(len(instance.name) for instance in simulator.instances))
     lines = [f"{'instance':<{width}}  " + "  ".join(f"{column:>12}" for column in columns)]
     for instance in simulator.instances:

@@ -40,11 +40,16 @@ class InstanceConfig:
         tokens_per_minute: Optional token budget. It is enforced per window, pro rata:
             ``tokens_per_minute * window_s / 60`` tokens per window. A request costs its prompt
             estimate (about 4 characters per token) plus ``max_tokens`` (or
-            ``max_completion_tokens``; 16 when neither is given), counted when it is admitted,
-            as Azure does.
+            ``max_completion_tokens``, or ``max_output_tokens`` for the Responses API; 16 when
+            none is given), counted when it is admitted, as Azure does. ``usage`` reports what
+            was used; for a response that continues another (``previous_response_id``) its
+            input includes the whole chain so far, as on Azure. Other Responses API requests
+            (retrieve, delete, ...) cost no tokens but count against ``requests_per_window``.
         latency_s: Delay before answering (non-streamed) or before a streamed answer starts:
             nothing, not even the status line and headers, is sent before it (a backend slow to
-            start). Only admitted requests wait; errors and 429s are answered at once.
+            start). Only admitted requests wait; errors, 429s and not-found answers are answered
+            at once. A background response completes ``latency_s`` plus ``stream_chunks - 1``
+            chunk delays after it was created.
         first_chunk_delay_s: Delay between a streamed answer's headers, sent at once (after
             ``latency_s``), and its first chunk: a backend that starts its answer and is then slow
             to produce its first token.

@@ -16,9 +16,11 @@ import uuid
 import zlib
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from ._protocol import Connection, Request
 from ._stats import Outcome, RequestRecord, StatsRecorder
+from ._stored import Answer, ObjectStore, ResponsePlan, response_events
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -43,6 +45,23 @@ _V1_ROUTES = {
     "/v1/embeddings": _EMBEDDINGS,
 }
 _DEPLOYMENTS = "/openai/deployments/"
+_STORED_PREFIXES = ("/openai/v1/", "/openai/", "/v1/")
+
+# Stored-object routes: path segments ("*" is an object id) -> method -> operation.
+_STORED_ROUTES: dict[tuple[str, ...], dict[str, str]] = {
+    ("responses",): {"POST": "responses.create"},
+    ("responses", "*"): {"GET": "responses.retrieve", "DELETE": "responses.delete"},
+    ("responses", "*", "input_items"): {"GET": "responses.input_items"},
+    ("responses", "*", "cancel"): {"POST": "responses.cancel"},
+}
+# The operation names Azure puts in a 429's message.
+_OPERATION_NAMES = {
+    "responses.create": "Responses_Create",
+    "responses.retrieve": "Responses_Get",
+    "responses.delete": "Responses_Delete",
+    "responses.input_items": "Responses_ListInputItems",
+    "responses.cancel": "Responses_Cancel",
+}
 _JSON = ("content-type", "application/json")
 
 _MESSAGES = {
@@ -150,6 +169,7 @@ class InstanceRuntime:
         self._attaching: set[asyncio.Task[None]] = set()
         self._unattached: set[socket.socket] = set()
         self._sequence = itertools.count(1)
+        self.store = ObjectStore()
 
     # -- sockets ---------------------------------------------------------------------------
     # Connections are accepted by a reader callback rather than `loop.create_server`, so that
@@ -255,6 +275,8 @@ class InstanceRuntime:
                 recorder.unauthorized += 1
             elif outcome == "rejected":
                 recorder.rejected += 1
+            elif outcome == "not_found":
+                recorder.not_found += 1
             if in_flight:
                 recorder.in_flight += 1
             recorder.records.append(RequestRecord(arrival, outcome))
@@ -293,6 +315,9 @@ class InstanceRuntime:
 
         operation, deployment = _route(request.path)
         if operation is None:
+            stored = _stored_route(request.path)
+            if stored is not None:
+                return self._handle_stored(connection, request, arrival, *stored)
             self._reject(connection, request, arrival, 404, _error_body(404))
             return None
         if request.method != "POST":
@@ -339,19 +364,11 @@ class InstanceRuntime:
         admission = self._admit(config, arrival, cost, deferred=streaming or config.latency_s > 0)
         name = config.name
         if admission.throttled_by is not None:
-            self._throttle(connection, request, config, admission, arrival, operation)
+            self._throttle(connection, request, config, admission, arrival, _OPERATIONS[operation])
             return None
 
         sequence = next(self._sequence)
-        request_id = str(uuid.uuid4())
-        headers = [
-            _JSON,
-            ("x-simulator-instance", name),
-            ("x-request-id", request_id),
-            ("apim-request-id", request_id),
-        ]
-        if config.ratelimit_headers:
-            _add_budget_headers(headers, admission, arrival, reset=True, azure=config.header_style == "azure")
+        headers = _answer_headers(config, admission, arrival)
         if inputs is not None:
             payload = _embeddings_payload(body, model, inputs)
         elif streaming:
@@ -369,7 +386,107 @@ class InstanceRuntime:
         connection.send(request, 200, headers, payload)
         return None
 
-    def _admit(self, config: InstanceConfig, now: float, cost: int, *, deferred: bool) -> _Admission:
+    def _handle_stored(
+        self,
+        connection: Connection,
+        request: Request,
+        arrival: float,
+        methods: dict[str, str],
+        object_id: str | None,
+    ) -> Coroutine[Any, Any, None] | None:
+        """A request about stored objects: the Responses API."""
+        config = self.config
+        operation = methods.get(request.method)
+        if operation is None:
+            self._reject(connection, request, arrival, 405, _error_body(405))
+            return None
+        if config.api_key is not None and not _authorized(request, config.api_key):
+            self._reject(connection, request, arrival, 401, _error_body(401))
+            return None
+        store = self.store
+        plan: ResponsePlan | None = None
+        missing: Answer | None = None
+        cost = 0
+        if operation == "responses.create":
+            body = self._json_object(connection, request, arrival)
+            if body is None:
+                return None
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                self._reject(connection, request, arrival, 400, _invalid("'model' is a required property."))
+                return None
+            prepared = store.prepare_response(body, model)
+            if not isinstance(prepared, ResponsePlan):
+                self._reject(connection, request, arrival, prepared.status, prepared.body)
+                return None
+            plan = prepared
+            cost = plan.cost
+            missing = plan.missing
+        else:
+            assert object_id is not None
+            missing = store.response_missing(object_id)
+            if missing is None and operation == "responses.cancel":
+                refusal = store.cancel_refusal(object_id)
+                if refusal is not None:
+                    self._reject(connection, request, arrival, refusal.status, refusal.body)
+                    return None
+        streaming = plan is not None and plan.stream and not plan.background
+        admission = self._admit(
+            config,
+            arrival,
+            cost,
+            deferred=missing is None and (streaming or config.latency_s > 0),
+            outcome="served" if missing is None else "not_found",
+        )
+        if admission.throttled_by is not None:
+            self._throttle(connection, request, config, admission, arrival, _OPERATION_NAMES[operation])
+            return None
+        headers = _answer_headers(config, admission, arrival)
+        if missing is not None:
+            connection.send(request, missing.status, headers, missing.body)
+            return None
+        now = time.time()
+        if plan is not None:
+            if streaming:
+                deltas = _stream_texts(config.name, config.stream_chunks)
+                payload = store.create_response(plan, now, text="".join(deltas))
+                headers[0] = ("content-type", "text/event-stream; charset=utf-8")
+                headers.append(("cache-control", "no-cache"))
+                return self._stream_response(connection, request, config, headers, payload, deltas)
+            background_s = config.latency_s + (config.stream_chunks - 1) * config.stream_chunk_delay_s
+            payload = store.create_response(
+                plan, now, text=f"Simulated response from {config.name}.", background_s=background_s
+            )
+            answer = Answer(200, json.dumps(payload).encode())
+        elif operation == "responses.retrieve":
+            answer = store.retrieve_response(object_id or "", now)
+        elif operation == "responses.delete":
+            answer = store.delete_response(object_id or "")
+        elif operation == "responses.cancel":
+            answer = store.cancel_response(object_id or "", now)
+        else:
+            answer = store.input_items(object_id or "", dict(parse_qsl(request.query)))
+        if config.latency_s > 0:
+            return self._delayed(connection, request, config.latency_s, headers, answer.body, answer.status)
+        connection.send(request, answer.status, headers, answer.body)
+        return None
+
+    def _json_object(self, connection: Connection, request: Request, arrival: float) -> dict[str, Any] | None:
+        """The request's JSON object body; ``None`` once a 400 has been sent for anything else."""
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            self._reject(
+                connection, request, arrival, 400, _invalid("The request body must be a JSON object.")
+            )
+            return None
+        return body
+
+    def _admit(
+        self, config: InstanceConfig, now: float, cost: int, *, deferred: bool, outcome: Outcome = "served"
+    ) -> _Admission:
         recorder = self.recorder
         limit = config.requests_per_window
         budget = config.tokens_per_window
@@ -394,10 +511,13 @@ class InstanceRuntime:
             if throttled_by is None:
                 recorder.window_requests += 1
                 recorder.window_tokens += cost
-                recorder.served += 1
                 recorder.tokens += cost
-                recorder.served_per_window[index] += 1
-                recorder.records.append(RequestRecord(now, "served"))
+                if outcome == "served":
+                    recorder.served += 1
+                    recorder.served_per_window[index] += 1
+                else:
+                    recorder.not_found += 1
+                recorder.records.append(RequestRecord(now, outcome))
                 if deferred:
                     recorder.in_flight += 1
             else:
@@ -419,7 +539,7 @@ class InstanceRuntime:
         config: InstanceConfig,
         admission: _Admission,
         now: float,
-        operation: str,
+        operation_name: str,
     ) -> None:
         wait = admission.reset_at - now
         seconds = _ceil_seconds(wait)
@@ -444,7 +564,7 @@ class InstanceRuntime:
         kind = "call" if admission.throttled_by == "requests" else "token"
         unit = "second" if seconds == 1 else "seconds"
         message = (
-            f"Requests to the {_OPERATIONS[operation]} Operation under Azure OpenAI API version {version} "
+            f"Requests to the {operation_name} Operation under Azure OpenAI API version {version} "
             f"have exceeded {kind} rate limit of your current OpenAI S0 pricing tier. Please retry after "
             f"{seconds} {unit}. Please go here: https://aka.ms/oai/quotaincrease "
             "if you would like to further increase the default rate limit."
@@ -464,10 +584,11 @@ class InstanceRuntime:
         delay: float,
         headers: list[tuple[str, str]],
         payload: bytes,
+        status: int = 200,
     ) -> None:
         try:
             await asyncio.sleep(delay)
-            connection.send(request, 200, headers, payload)
+            connection.send(request, status, headers, payload)
         finally:
             self._done()
 
@@ -498,10 +619,9 @@ class InstanceRuntime:
             completion_id = f"chatcmpl-{name}-{sequence}"
             created = int(time.time())
             text_length = 0
-            for index in range(count):
+            for index, text in enumerate(_stream_texts(name, count)):
                 if index and delay > 0:
                     await asyncio.sleep(delay)
-                text = f"Simulated response from {name}." if index == 0 else f" Chunk {index + 1} of {count}."
                 text_length += len(text)
                 delta: dict[str, str] = (
                     {"role": "assistant", "content": text} if index == 0 else {"content": text}
@@ -540,6 +660,86 @@ class InstanceRuntime:
         finally:
             self._done()
 
+    async def _stream_response(
+        self,
+        connection: Connection,
+        request: Request,
+        config: InstanceConfig,
+        headers: list[tuple[str, str]],
+        payload: dict[str, Any],
+        deltas: list[str],
+    ) -> None:
+        """Stream a response's events: all up to the first delta at once, then one delta per chunk."""
+        events = response_events(payload, deltas)
+        first_delta = 4  # created, in_progress, output_item.added, content_part.added
+        groups = [
+            events[: first_delta + 1],
+            *([event] for event in events[first_delta + 1 : first_delta + len(deltas)]),
+        ]
+        groups[-1] = groups[-1] + events[first_delta + len(deltas) :]
+        delay = config.stream_chunk_delay_s
+        try:
+            if config.latency_s > 0:
+                await asyncio.sleep(config.latency_s)
+            chunked = connection.start_chunked(request, 200, headers)
+            frame = _chunk if chunked else _plain
+            if config.first_chunk_delay_s > 0:
+                await connection.drain()
+                await asyncio.sleep(config.first_chunk_delay_s)
+            for index, group in enumerate(groups):
+                if index and delay > 0:
+                    await asyncio.sleep(delay)
+                data = b"".join(
+                    frame(b"event: %s\ndata: %s\n\n" % (event["type"].encode(), json.dumps(event).encode()))
+                    for event in group
+                )
+                if index == len(groups) - 1:
+                    # Kept complete before the caller can read response.completed and ask for it.
+                    self.store.finish_response(payload["id"], payload)
+                    if chunked:
+                        data += b"0\r\n\r\n"
+                connection.write(data)
+                await connection.drain()
+        except ConnectionError:
+            request.keep_alive = False
+        finally:
+            self.store.finish_response(payload["id"], payload)  # a caller that left: it completes anyway
+            self._done()
+
+
+def _stream_texts(name: str, count: int) -> list[str]:
+    """The text of each chunk of a streamed answer."""
+    return [f"Simulated response from {name}."] + [
+        f" Chunk {index + 1} of {count}." for index in range(1, count)
+    ]
+
+
+def _answer_headers(config: InstanceConfig, admission: _Admission, now: float) -> list[tuple[str, str]]:
+    """The headers of an admitted request's answer (content type first)."""
+    request_id = str(uuid.uuid4())
+    headers = [_JSON, ("x-simulator-instance", config.name), ("x-request-id", request_id)]
+    headers.append(("apim-request-id", request_id))
+    if config.ratelimit_headers:
+        _add_budget_headers(headers, admission, now, reset=True, azure=config.header_style == "azure")
+    return headers
+
+
+def _stored_route(path: str) -> tuple[dict[str, str], str | None] | None:
+    """The methods of a stored-object path and the object id it names; ``None`` if it is none."""
+    for prefix in _STORED_PREFIXES:
+        if path.startswith(prefix):
+            segments = path[len(prefix) :].split("/")
+            break
+    else:
+        return None
+    if len(segments) > 1 and not segments[1]:
+        return None
+    shape = tuple("*" if index == 1 else segment for index, segment in enumerate(segments))
+    methods = _STORED_ROUTES.get(shape)
+    if methods is None:
+        return None
+    return methods, segments[1] if len(segments) > 1 else None
+
 
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
@@ -553,7 +753,7 @@ def _route(path: str) -> tuple[str | None, str | None]:
     """The operation and deployment a path names; (None, None) if none."""
     if path.startswith(_DEPLOYMENTS):
         deployment, _, operation = path[len(_DEPLOYMENTS) :].partition("/")
-        if deployment and operation in _OPERATIONS:
+        if deployment and operation in (_CHAT, _EMBEDDINGS):
             return operation, deployment
         return None, None
     return _V1_ROUTES.get(path), None

@@ -69,6 +69,10 @@ class SimulatedInstance:
         """A snapshot of the counters, taken now."""
         return self._runtime.recorder.snapshot(self._runtime.config.window_s)
 
+    def holds(self, object_id: str) -> bool:
+        """Whether this instance keeps the stored object ``object_id`` (a response, ...)."""
+        return self._runtime.store.holds(object_id)
+
 
 class Simulator:
     """Simulated Azure OpenAI endpoints on local ports, for tests, demos and benchmarks.

@@ -9,7 +9,7 @@ from typing import Literal, NamedTuple
 
 __all__ = ["MAX_RECORDS", "InstanceStats", "Outcome", "RequestRecord", "StatsRecorder"]
 
-Outcome = Literal["served", "throttled", "failed", "unauthorized", "rejected", "hung"]
+Outcome = Literal["served", "throttled", "failed", "unauthorized", "rejected", "not_found", "hung"]
 """What became of one request."""
 
 MAX_RECORDS = 100_000
@@ -22,8 +22,9 @@ class RequestRecord(NamedTuple):
     Attributes:
         arrival: ``time.monotonic()`` when the request had been read.
         outcome: ``"served"`` (2xx), ``"throttled"`` (429), ``"failed"`` (5xx),
-            ``"unauthorized"`` (401), ``"rejected"`` (another 4xx: 400, 404, 405, ...) or
-            ``"hung"`` (a ``"hang"`` instance held it).
+            ``"unauthorized"`` (401), ``"not_found"`` (it named a stored object this instance
+            does not hold), ``"rejected"`` (another 4xx: 400, 404, 405, ...) or ``"hung"`` (a
+            ``"hang"`` instance held it).
     """
 
     arrival: float
@@ -42,6 +43,11 @@ class InstanceStats:
         failed: Requests answered with a 5xx.
         unauthorized: Requests answered with a 401.
         rejected: Requests answered with another 4xx (bad JSON, unknown path, ...).
+        not_found: Requests that named a stored object this instance does not hold (a response,
+            by path or ``previous_response_id``), answered with a 404 or a 400 such as
+            ``previous_response_not_found``. They pass the rate limiter first, as on Azure: a
+            throttled one is counted as throttled, an admitted one uses up one request of the
+            window and its token cost, and is not counted as served.
         in_flight: Requests read but not answered yet (including hung ones).
         tokens: Tokens charged to the budget by admitted requests.
         window_s: The rate-limit window length.
@@ -59,6 +65,7 @@ class InstanceStats:
     failed: int
     unauthorized: int
     rejected: int
+    not_found: int
     in_flight: int
     tokens: int
     window_s: float
@@ -84,6 +91,7 @@ class StatsRecorder:
         self.failed = 0
         self.unauthorized = 0
         self.rejected = 0
+        self.not_found = 0
         self.tokens = 0
         self.window_start: float | None = None
         self.window_index = -1
@@ -103,6 +111,7 @@ class StatsRecorder:
                 failed=self.failed,
                 unauthorized=self.unauthorized,
                 rejected=self.rejected,
+                not_found=self.not_found,
                 in_flight=self.in_flight,
                 tokens=self.tokens,
                 window_s=window_s,
