@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 
+from ._affinity import Pinned
 from ._backend import Backend, TokenProvider
 from ._base import EXTENSION, Attempt, BackendStats, BaseLoadBalancer, Routing
 from ._events import (
@@ -25,6 +26,7 @@ from ._events import (
     EventCallback,
     ExhaustedEvent,
     FailedEvent,
+    OwnerDiscoveredEvent,
     RecoveredEvent,
     ServedEvent,
     SetAsideEvent,
@@ -36,6 +38,7 @@ from ._store import (
     BudgetReport,
     BudgetStore,
     MemoryStateStore,
+    OwnerStore,
     Reservation,
     SharedState,
     StateStore,
@@ -54,6 +57,7 @@ __all__ = [
     "Totals",
     "Routing",
     "Attempt",
+    "Pinned",
     "EXTENSION",
     "TokenProvider",
     "Event",
@@ -67,12 +71,14 @@ __all__ = [
     "SetAsideEvent",
     "WaitedEvent",
     "ExhaustedEvent",
+    "OwnerDiscoveredEvent",
     "StateStore",
     "SharedState",
     "BudgetStore",
     "BudgetReport",
     "Reservation",
     "MemoryStateStore",
+    "OwnerStore",
     "shared_key",
     "__version__",
 ]

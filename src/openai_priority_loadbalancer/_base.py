@@ -23,6 +23,8 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from . import _affinity
+from ._affinity import Affinity, Pin, Pinned
 from ._backend import Backend
 from ._cooldown import DEFAULT_MAX_COOLDOWN_S, RateLimitInfo, read_count, read_rate_limit
 from ._events import (
@@ -59,6 +61,7 @@ SLEEP: Final = 1  # value: seconds
 CLOSE: Final = 2  # value: a response the flow discards
 TOKEN: Final = 3  # value: a token provider; the loop sends back the token (awaiting it if needed)
 SHARE: Final = 4  # value: a Share for the state store; the loop sends back its result (None if it failed)
+READ: Final = 5  # value: a response whose body the flow needs (a short error): the loop reads it
 
 Action = tuple[int, Any]
 #: A call on the state store: method name ("load", "set_aside", "clear_failure") and its arguments.
@@ -106,6 +109,8 @@ class Routing:
     backend: str | None
     """The backend whose response this is, or None for the balancer's own 429."""
     attempts: tuple[Attempt, ...]
+    pinned: Pinned | None = None
+    """Set when the request named a stored object, and so went to the backend holding it only."""
 
 
 class BaseLoadBalancer:
@@ -133,6 +138,12 @@ class BaseLoadBalancer:
             more than its window holds.
         backend_header: name of a response header to set to the id of the backend that served the
             response (off by default).
+        affinity: send a request that names a stored object (a response, conversation, file, ...)
+            to the backend holding it, learning owners from the answers that create them (default);
+            False balances every request as if it named nothing.
+        affinity_max_objects: how many objects' owners this balancer remembers (about 90 bytes each).
+        affinity_ttl_s: how long a state store keeps an owner (default 30 days, as Azure keeps a
+            stored response).
 
     Raises:
         TypeError: ``backends`` is not a list of :class:`Backend`.
@@ -155,8 +166,12 @@ class BaseLoadBalancer:
         on_event: EventCallback | None = None,
         state: StateStore | None = None,
         backend_header: str | None = None,
+        affinity: bool = True,
+        affinity_max_objects: int = _affinity.DEFAULT_MAX_OBJECTS,
+        affinity_ttl_s: float = _affinity.DEFAULT_OWNER_TTL_S,
     ) -> None:
         self.backends = _validated(backends)
+        max_objects, owner_ttl_s = _affinity.checked_options(affinity_max_objects, affinity_ttl_s)
         for name, value in (
             ("default_cooldown_s", default_cooldown_s),
             ("max_cooldown_s", max_cooldown_s),
@@ -204,6 +219,19 @@ class BaseLoadBalancer:
         self._lock = threading.Lock()
         self._random = random.Random()
         self._url_cache: dict[tuple[Any, ...], tuple[Any, str]] = {}
+        self._affinity = (
+            Affinity(
+                self._states,
+                state,
+                self._shared_keys,
+                self._emit if on_event is not None else None,
+                wall_clock,
+                max_objects=max_objects,
+                ttl_s=owner_ttl_s,
+            )
+            if affinity
+            else None
+        )
 
     # ------------------------------------------------------------------ public
 
@@ -227,17 +255,24 @@ class BaseLoadBalancer:
         awaiting_probe = False  # a backend was refused while another balancer's probe of it is out
         emit = self._on_event
         loads = self._store is not None and self._budgets is None
+        # A request naming a stored object goes only where the object is (see _affinity).
+        pin: Pin | None = self._affinity.examine(request) if self._affinity is not None else None
+        if pin is not None and (lookup := self._affinity.lookup(pin)) is not None:  # type: ignore[union-attr]
+            pin.adopt((yield (SHARE, lookup)))
         while True:
             if loads:
                 self._merge_shared((yield (SHARE, ("load", (self._shared_keys,)))))
             now = self._clock()
+            if pin is not None and pin.bound:
+                tried |= pin.excluded(len(self._states))
             state, probe, seq = self._choose(now, tried)
             if state is None:
+                among = self._affinity.among(pin) if pin is not None and pin.bound else None  # type: ignore[union-attr]
                 if deadline is None:
                     deadline = now + self._wait_budget(request)
-                delay = self._next_chance(now, awaiting_probe)
+                delay = self._next_chance(now, awaiting_probe, among)
                 if now + delay > deadline:
-                    return self._synthesize_429(lib, request, now, attempts)
+                    return self._synthesize_429(lib, request, now, attempts, among, pin)
                 logger.debug("waiting for a backend wait_s=%.3f", delay)
                 yield (SLEEP, delay)
                 if emit is not None:
@@ -296,6 +331,8 @@ class BaseLoadBalancer:
                     yield (SHARE, share)
                 if shared_probe:
                     yield self._end_probe(state)
+                if pin is not None and pin.keep_error():
+                    raise  # the owner of the object named failed: no other backend can answer
                 continue
             except lib.silent_errors as exc:
                 _, share = self._on_error(state, probe, exc, now)
@@ -318,8 +355,16 @@ class BaseLoadBalancer:
                     yield (SHARE, share)
             if shared_probe:
                 yield self._end_probe(state)
+            if pin is not None:
+                if pin.must_read(response):
+                    yield (READ, response)
+                keep = pin.judge(state, response, keep)
+                if keep and (learned := self._affinity.served(pin, state, response, lib)) is not None:  # type: ignore[union-attr]
+                    yield (SHARE, learned)
             if keep:
-                response.extensions[EXTENSION] = Routing(backend.id, tuple(attempts))
+                response.extensions[EXTENSION] = Routing(
+                    backend.id, tuple(attempts), pin.why if pin is not None else None
+                )
                 if self._backend_header is not None:
                     response.headers[self._backend_header] = backend.id
                 return response
@@ -766,23 +811,33 @@ class BaseLoadBalancer:
             return float(read)
         return self._max_wait_s
 
-    def _next_chance(self, now: float, awaiting_probe: bool = False) -> float:
-        """Seconds until some backend may take a request: its cooldown ends, or a probe may have
-        returned (one of ours, or, with ``awaiting_probe``, another balancer's)."""
+    def _next_chance(
+        self, now: float, awaiting_probe: bool = False, among: Sequence[BackendState] | None = None
+    ) -> float:
+        """Seconds until some backend (of ``among``, default all) may take a request: its cooldown
+        ends, or a probe may have returned (one of ours, or, with ``awaiting_probe``, another balancer's)."""
+        states = among or self._states
         with self._lock:
-            soonest = min(s.cooling_until for s in self._states)
-            probing = awaiting_probe or any(s.probing for s in self._states)
+            soonest = min(s.cooling_until for s in states)
+            probing = awaiting_probe or any(s.probing for s in states)
         delay = soonest - now
         if probing:
             delay = min(delay, _PROBE_POLL_S) if delay > 0 else _PROBE_POLL_S
         return max(delay, _MIN_WAIT_S)
 
     def _synthesize_429(
-        self, lib: HttpLib, request: Request, now: float, attempts: list[Attempt]
+        self,
+        lib: HttpLib,
+        request: Request,
+        now: float,
+        attempts: list[Attempt],
+        among: Sequence[BackendState] | None = None,
+        pin: Pin | None = None,
     ) -> Response:
-        """The 429 returned when no backend can take the request now, naming the soonest moment one can."""
+        """The 429 returned when no backend (of ``among``, default all) can take the request now,
+        naming the soonest moment one can."""
         with self._lock:
-            soonest = min(s.cooling_until for s in self._states)
+            soonest = min(s.cooling_until for s in among or self._states)
         # Rounded to the microsecond first, so float noise (3.2000000001 s) is not rounded up a whole unit.
         wait_s = round(max(soonest - now, _MIN_RETRY_AFTER_S), 6)
         logger.warning("all backends unavailable backends=%d retry_after_s=%.3f", len(self._states), wait_s)
@@ -792,7 +847,7 @@ class BaseLoadBalancer:
             "error": {
                 "code": "429",
                 "message": (
-                    f"All {len(self._states)} backends are rate limited or unavailable. "
+                    f"{_unavailable(len(self._states), among)} "
                     f"Please retry after {math.ceil(wait_s)} second{'s' if math.ceil(wait_s) != 1 else ''}."
                 ),
             }
@@ -807,7 +862,7 @@ class BaseLoadBalancer:
             },
             content=json.dumps(body).encode(),
             request=request,
-            extensions={EXTENSION: Routing(None, tuple(attempts))},
+            extensions={EXTENSION: Routing(None, tuple(attempts), pin.why if pin is not None else None)},
         )
         return response
 
@@ -855,6 +910,12 @@ def _scrub_credentials(exc: BaseException, attempt: Request) -> None:
     exc.args = (text,)
     exc.__cause__ = exc.__context__ = None
     exc.__suppress_context__ = True
+
+
+def _unavailable(count: int, among: Sequence[BackendState] | None) -> str:
+    if among is not None and len(among) == 1:
+        return "The backend holding the stored object this request names is rate limited or unavailable."
+    return f"All {len(among or ()) or count} backends are rate limited or unavailable."
 
 
 def _rewrite_deployment(raw_path: bytes, deployments: Mapping[str, str]) -> bytes:

@@ -7,7 +7,8 @@ reason that is not the backend's: cancelled, or its token provider failed). Arou
 :class:`RecoveredEvent` when a failing backend answers again, :class:`WaitedEvent` when a request
 waited for a backend to free up, :class:`ExhaustedEvent` when it got the balancer's own 429, and
 :class:`SetAsideEvent` when a backend is set aside with no 429 or failure of its own seen here (its
-budget reported spent, or another balancer sharing the state store set it aside).
+budget reported spent, or another balancer sharing the state store set it aside), and
+:class:`OwnerDiscoveredEvent` when the backend holding a stored object was found by asking.
 
 Events carry backend ids (scheme, host, port, path prefix), never credentials. ``time`` is wall-clock
 seconds since the epoch (``time.time()``); durations are measured on the monotonic clock.
@@ -26,6 +27,7 @@ __all__ = [
     "EventCallback",
     "ExhaustedEvent",
     "FailedEvent",
+    "OwnerDiscoveredEvent",
     "RecoveredEvent",
     "ServedEvent",
     "SetAsideEvent",
@@ -147,6 +149,17 @@ class ExhaustedEvent:
     backend: None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OwnerDiscoveredEvent:
+    """The backend holding stored object ``object_id`` was not known, and was found by asking the
+    backends in priority order: ``backend`` has it, and requests naming it go there from now on."""
+
+    kind: ClassVar[Literal["owner_discovered"]] = "owner_discovered"
+    time: float
+    backend: str
+    object_id: str
+
+
 Event = (
     AttemptEvent
     | ServedEvent
@@ -157,6 +170,7 @@ Event = (
     | SetAsideEvent
     | WaitedEvent
     | ExhaustedEvent
+    | OwnerDiscoveredEvent
 )
 
 #: ``on_event`` receives every event, on the thread (or task) of the request, outside the balancer's

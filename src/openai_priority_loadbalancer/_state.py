@@ -36,6 +36,7 @@ class BackendState:
         "latencies",
         "latency_count",
         "limit_requests",
+        "pinned",
         "probe_first",
         "probing",
         "remaining_requests",
@@ -77,6 +78,8 @@ class BackendState:
         #: Last x-ratelimit-limit-requests seen: the budget a fresh window brings (None: unknown).
         self.limit_requests: int | None = None
         self.requests = 0
+        #: Answers to requests sent here because they name a stored object this backend holds.
+        self.pinned = 0
         self.successes = 0
         self.throttled = 0
         self.failed = 0

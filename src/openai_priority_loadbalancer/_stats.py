@@ -36,6 +36,9 @@ class BackendStats:
     remaining_requests: int | None
     """The last ``x-ratelimit-remaining-requests`` reported, less the requests sent since; or None."""
     remaining_tokens: int | None
+    pinned: int = 0
+    """Answers to requests sent here only, because they name a stored object it holds (Responses
+    API chains, conversations, files, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,8 @@ class Totals:
     available: int
     """Backends not cooling down."""
     backends: int
+    pinned: int = 0
+    """Answers to requests that named a stored object (sent to its backend only)."""
 
 
 class Stats(tuple[BackendStats, ...]):
@@ -67,11 +72,15 @@ class Stats(tuple[BackendStats, ...]):
             in_flight=sum(s.in_flight for s in self),
             available=sum(1 for s in self if s.cooling_down_for_s == 0),
             backends=len(self),
+            pinned=sum(s.pinned for s in self),
         )
 
     def __str__(self) -> str:
         header = ["backend", "prio", "requests", "ok", "429", "failed", "in flight", "cooling s", "breaker"]
         header += ["p50 ms", "p95 ms", "remaining req", "remaining tok"]
+        pinned = any(s.pinned for s in self)  # a column only for balancers that pinned requests
+        if pinned:
+            header.append("pinned")
         rows: list[list[str]] = [header]
         for s in self:
             rows.append(
@@ -89,6 +98,7 @@ class Stats(tuple[BackendStats, ...]):
                     _optional(s.latency_p95_ms, "{:.1f}"),
                     _optional(s.remaining_requests, "{}"),
                     _optional(s.remaining_tokens, "{}"),
+                    *([str(s.pinned)] if pinned else []),
                 ]
             )
         t = self.total
@@ -131,6 +141,7 @@ def snapshot(s: BackendState, now: float) -> BackendStats:
         latency_p95_ms=_percentile(latencies, 0.95) if latencies else None,
         remaining_requests=remaining_requests,
         remaining_tokens=remaining_tokens,
+        pinned=s.pinned,
     )
 
 

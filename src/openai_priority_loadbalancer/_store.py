@@ -12,6 +12,7 @@ stores for remote engines fail open themselves, with short timeouts (see :mod:`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -27,6 +28,7 @@ __all__ = [
     "BudgetReport",
     "BudgetStore",
     "MemoryStateStore",
+    "OwnerStore",
     "Reservation",
     "SharedState",
     "StateStore",
@@ -144,6 +146,32 @@ class BudgetStore(StateStore, Protocol):
     async def areport(self, reports: Sequence[BudgetReport]) -> None: ...
 
 
+@runtime_checkable
+class OwnerStore(Protocol):
+    """A store that also keeps the owners of stored objects (responses, conversations, files, ...):
+    which backend holds each, so that every balancer sharing the store sends a follow-up there.
+
+    An optional capability: a balancer whose store lacks it keeps owners in its own process (and
+    finds those it does not know by asking the backends). Both stores shipped have it.
+
+    ``owners`` returns, for each id, the ``shared_key`` of the backend holding it (None where none is
+    recorded): one round trip. ``set_owners`` records ``owner`` for every id, each for ``ttl_s``.
+    Failures are the balancer's to ignore: it then goes on with what it knows locally.
+    """
+
+    def owners(self, ids: Sequence[str]) -> Sequence[str | None]: ...
+
+    async def aowners(self, ids: Sequence[str]) -> Sequence[str | None]: ...
+
+    def set_owners(self, ids: Sequence[str], owner: str, ttl_s: float) -> None: ...
+
+    async def aset_owners(self, ids: Sequence[str], owner: str, ttl_s: float) -> None: ...
+
+
+#: The most owners a MemoryStateStore keeps; beyond it, the oldest half is dropped.
+MEMORY_MAX_OWNERS = 1_000_000
+
+
 def window_of(reset_s: float) -> float:
     """A window's length from a reset seen in it: rounded up to a tenth of a second, because a reset
     reaches the store a little after it was measured, and a window that ends early in the store
@@ -179,6 +207,8 @@ class MemoryStateStore:
         # Per key: (expires at, requests left | _PROBE | _UNMETERED), and (limit, longest window seen).
         self._budgets: dict[str, tuple[float, int | str]] = {}
         self._limits: dict[str, tuple[int, float]] = {}
+        # Stored object id -> (expires at, the backend's key), oldest first.
+        self._owners: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -231,6 +261,34 @@ class MemoryStateStore:
 
     async def aclear_failure(self, key: str) -> None:
         self.clear_failure(key)
+
+    # ------------------------------------------------------------------ owners of stored objects
+
+    def owners(self, ids: Sequence[str]) -> list[str | None]:
+        now = self._clock()
+        result: list[str | None] = []
+        with self._lock:
+            for object_id in ids:
+                entry = self._owners.get(object_id)
+                result.append(entry[1] if entry is not None and entry[0] > now else None)
+        return result
+
+    async def aowners(self, ids: Sequence[str]) -> list[str | None]:
+        return self.owners(ids)
+
+    def set_owners(self, ids: Sequence[str], owner: str, ttl_s: float) -> None:
+        expires = self._clock() + ttl_s
+        with self._lock:
+            owners = self._owners
+            for object_id in ids:
+                owners.pop(object_id, None)  # re-inserted as the newest
+                owners[object_id] = (expires, owner)
+            if len(owners) > MEMORY_MAX_OWNERS:
+                for object_id in list(itertools.islice(owners, len(owners) - MEMORY_MAX_OWNERS // 2)):
+                    del owners[object_id]
+
+    async def aset_owners(self, ids: Sequence[str], owner: str, ttl_s: float) -> None:
+        self.set_owners(ids, owner, ttl_s)
 
     # ------------------------------------------------------------------ budgets
 

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
-from ._base import CLOSE, SEND, SHARE, SLEEP, BaseLoadBalancer, Share
+from ._base import CLOSE, READ, SEND, SHARE, SLEEP, BaseLoadBalancer, Share
 from ._http import HttpLib, Request, Response, available_modules, lib_for_module, lib_for_request
 
 __all__ = ["AsyncLoadBalancer", "LoadBalancer"]
@@ -163,6 +163,8 @@ class LoadBalancer(_Wrapping, _SyncTransport):
                     elif action == CLOSE:
                         value.close()
                         result = None
+                    elif action == READ:
+                        result = value.read()
                     elif action == SHARE:
                         result = self._share(value)
                     else:  # TOKEN
@@ -235,6 +237,8 @@ class AsyncLoadBalancer(_Wrapping, _AsyncTransport):
                     elif action == CLOSE:
                         await value.aclose()
                         result = None
+                    elif action == READ:
+                        result = await value.aread()
                     elif action == SHARE:
                         result = await self._share(value)
                     else:  # TOKEN

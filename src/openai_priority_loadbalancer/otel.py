@@ -42,6 +42,8 @@ Instruments (meter ``openai-priority-loadbalancer``, versioned as the package), 
   found no backend available and waited for one to free up.
 - ``exhausted_requests`` (Counter, ``{request}``, no attributes): requests answered with the balancer's
   own 429, no backend having been able to take them within their wait budget.
+- ``owners_discovered`` (Counter, ``{object}``; ``backend``): a stored object (a response, conversation,
+  file, ...) whose backend nobody had recorded was found on ``backend`` by asking the backends in turn.
 
 Attribute values are backend ids (scheme, host, port, path prefix), outcomes, status codes and error
 type names: never credentials, request paths or error messages.
@@ -69,6 +71,7 @@ from ._events import (
     AttemptEvent,
     ExhaustedEvent,
     FailedEvent,
+    OwnerDiscoveredEvent,
     RecoveredEvent,
     ServedEvent,
     SetAsideEvent,
@@ -193,6 +196,7 @@ class OpenTelemetryMetrics:
         "_exhausted",
         "_failures",
         "_meter_name",
+        "_owners_discovered",
         "_recoveries",
         "_set_asides",
         "_throttles",
@@ -259,6 +263,11 @@ class OpenTelemetryMetrics:
             unit="{request}",
             description="Requests answered with the balancer's own 429: no backend could take them.",
         )
+        self._owners_discovered = meter.create_counter(
+            _PREFIX + "owners_discovered",
+            unit="{object}",
+            description="A stored object whose backend was not recorded, found by asking the backends.",
+        )
         self._backends: dict[str, _BackendAttributes] = {}
 
     def __call__(self, event: Event) -> None:
@@ -294,6 +303,8 @@ class OpenTelemetryMetrics:
             self._wait_duration.record(event.waited_s)
         elif isinstance(event, ExhaustedEvent):
             self._exhausted.add(1)
+        elif isinstance(event, OwnerDiscoveredEvent):
+            self._owners_discovered.add(1, self._for(event.backend).backend)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(meter_name={self._meter_name!r})"

@@ -33,6 +33,7 @@ from openai_priority_loadbalancer import (
     FailedEvent,
     LoadBalancer,
     MemoryStateStore,
+    OwnerDiscoveredEvent,
     RecoveredEvent,
     ServedEvent,
     SetAsideEvent,
@@ -60,6 +61,7 @@ WAITS = P + "waits"
 WAIT_DURATION = P + "wait.duration"
 EXHAUSTED = P + "exhausted_requests"
 SET_ASIDES = P + "set_asides"
+OWNERS_DISCOVERED = P + "owners_discovered"
 STATUS = "http.response.status_code"
 
 INSTRUMENTS = {  # name -> (unit, the attribute keys its points may have)
@@ -74,6 +76,7 @@ INSTRUMENTS = {  # name -> (unit, the attribute keys its points may have)
     WAIT_DURATION: ("s", set()),
     EXHAUSTED: ("{request}", set()),
     SET_ASIDES: ("{set_aside}", {"backend", "reason", "shared"}),
+    OWNERS_DISCOVERED: ("{object}", {"backend"}),
 }
 
 
@@ -210,6 +213,7 @@ def test_each_event_lands_in_its_instruments(otel: Otel) -> None:
     m(SetAsideEvent(1.0, C, "throttled", 9.0, True))
     m(WaitedEvent(1.0, 1.5))
     m(ExhaustedEvent(1.0, 3.0, 2))
+    m(OwnerDiscoveredEvent(1.0, C, "resp_1"))
     m(object())  # type: ignore[arg-type]  # not an event: ignored
 
     exported = otel.read()
@@ -231,6 +235,7 @@ def test_each_event_lands_in_its_instruments(otel: Otel) -> None:
         at(backend=B, cause="ConnectError"): 1,
     }
     assert exported.series(RECOVERIES) == {at(backend=B): 1}
+    assert exported.series(OWNERS_DISCOVERED) == {at(backend=C): 1}
     assert exported.series(COOLDOWN) == {
         at(backend=A, reason="throttled"): 1,
         at(backend=A, reason="exhausted"): 1,  # C's was recorded by the balancer that saw it
