@@ -28,6 +28,11 @@ select_us_by_backends
 bytes_per_backend
     Memory per configured backend (tracemalloc, (N=1000 - N=10) / 990), fresh and once every
     backend's latency window is full.
+affinity_us
+    What stored-object affinity costs: CPU per request to tell whether a request names a stored
+    object, by kind of request (the chat completions, embeddings and a new response name none; a
+    follow-up names its previous response), and the CPU a Responses create costs with its answer's
+    ids learned as it is read, against a balancer with ``affinity=False``.
 
 The in-memory loops (core, selection) are timed in this thread's CPU time (``time.thread_time``), so
 other work on the machine does not count, with the garbage collector paused as ``timeit`` does. The
@@ -81,6 +86,7 @@ E2E_RATIO_MAX = 1.05
 TTFT_RATIO_MAX = 1.1
 SELECT_SCALING_MAX = 5.0  # one selection among 1000 backends / among 10
 BYTES_PER_BACKEND_MAX = 2048.0
+AFFINITY_NOTHING_US_MAX = 2.0  # telling that a request names no stored object
 
 # ---------------------------------------------------------------------- workload
 
@@ -273,6 +279,108 @@ def measure_core(plan: Plan) -> dict[str, dict[str, float]]:
         "async": _overhead(asyncio.run(async_runs()), 0, 1),
         "sync_azure_headers": _overhead(sync_runs, 2, 3),
     }
+
+
+# ---------------------------------------------------------------------- stored-object affinity
+
+RESPONSES_URL = "https://a.example.com/openai/v1/responses"
+RESPONSES_BODY = json.dumps({"model": DEPLOYMENT, "input": "Hello", "max_output_tokens": 16}).encode()
+FOLLOW_UP_BODY = json.dumps(
+    {"model": DEPLOYMENT, "input": "And then?", "max_output_tokens": 16, "previous_response_id": "resp_1"}
+).encode()
+# A stored response as Azure answers it (about 1.4 kB): the balancer learns its id as it is read.
+RESPONSE_OBJECT = json.dumps(
+    {
+        "id": "resp_68af4030592c81938ec0a5fbab4a3e9f05438e46b5f69a3b",
+        "object": "response",
+        "created_at": 1756315696,
+        "status": "completed",
+        "model": DEPLOYMENT,
+        "output": [
+            {
+                "id": "msg_68af40337e5c8193a4d3e2b7c3c3c1ce05438e46b5f69a3b",
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "annotations": [], "text": "Hi! " * 120}],
+            }
+        ],
+        "usage": {"input_tokens": 8, "output_tokens": 16, "total_tokens": 24},
+    }
+).encode()
+AFFINITY_REQUESTS = {  # name -> (url, body): what telling costs, by kind of request
+    "chat_deployment": (CORE_URL, CORE_BODY),
+    "chat_v1": ("https://a.example.com/openai/v1/chat/completions", CORE_BODY),
+    "embeddings_v1": ("https://a.example.com/openai/v1/embeddings", b'{"input": "Hello", "model": "e"}'),
+    "responses_create": (RESPONSES_URL, RESPONSES_BODY),
+    "responses_follow_up": (RESPONSES_URL, FOLLOW_UP_BODY),
+}
+
+
+def _examine_sampler(lb: LoadBalancer, request: httpx.Request) -> Callable[[int], float]:
+    examine = lb._affinity.examine  # type: ignore[union-attr]
+
+    def sample(k: int) -> float:
+        start = CPU_CLOCK()
+        for _ in range(k):
+            examine(request)
+        return (CPU_CLOCK() - start) / k
+
+    return sample
+
+
+def _responses_sampler(client: httpx.Client) -> Callable[[int], float]:
+    post = client.post
+
+    def sample(k: int) -> float:
+        start = CPU_CLOCK()
+        for _ in range(k):
+            post(RESPONSES_URL, content=RESPONSES_BODY, headers=CORE_HEADERS).read()
+        return (CPU_CLOCK() - start) / k
+
+    return sample
+
+
+def measure_affinity(plan: Plan) -> dict[str, Any]:
+    """What stored-object affinity costs per request: telling what a request names (by kind of
+    request), and a Responses create whose answer's ids are learned, against affinity off."""
+    lb = LoadBalancer(_core_backends(), transport=_mock())
+    samplers = [
+        _examine_sampler(lb, httpx.Request("POST", url, content=body, headers=CORE_HEADERS))
+        for url, body in AFFINITY_REQUESTS.values()
+    ]
+    for sample in samplers:
+        sample(plan.warmup * 10)
+    runs = [_interleaved(samplers, plan.core_requests, plan.blocks, pause_gc=True) for _ in range(plan.runs)]
+    examine = {
+        name: _median([statistics.fmean(run[i]) * 1e6 for run in runs])
+        for i, name in enumerate(AFFINITY_REQUESTS)
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        # A body that arrives as a stream, as from a real transport: the balancer wraps it to learn.
+        return httpx.Response(200, headers={"content-type": "application/json"}, stream=_OneChunk())
+
+    mock = httpx.MockTransport(answer)
+    clients = [
+        httpx.Client(transport=LoadBalancer(_core_backends(), transport=mock, affinity=False)),
+        httpx.Client(transport=LoadBalancer(_core_backends(), transport=mock)),
+    ]
+    pair = [_responses_sampler(client) for client in clients]
+    for sample in pair:
+        sample(plan.warmup * 10)
+    learn_runs = [
+        _interleaved(pair, plan.core_requests, plan.blocks, pause_gc=True) for _ in range(plan.runs)
+    ]
+    for client in clients:
+        client.close()
+    learn = _overhead(learn_runs, 0, 1)
+    return {"examine_us": examine, "learn": learn}
+
+
+class _OneChunk(httpx.SyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        yield RESPONSE_OBJECT
 
 
 # ---------------------------------------------------------------------- end to end, through the SDK
@@ -602,6 +710,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         (f"bytes_per_backend.{k}", v, BYTES_PER_BACKEND_MAX, "B")
         for k, v in results["bytes_per_backend"].items()
     ]
+    checks += [
+        (f"affinity_us.{k}", v, AFFINITY_NOTHING_US_MAX, "us")
+        for k, v in results["affinity_us"].items()
+        if k in ("chat_deployment", "chat_v1", "embeddings_v1")
+    ]
     return [
         {"name": name, "value": value, "limit": limit, "unit": unit, "pass": value <= limit}
         for name, value, limit, unit in checks
@@ -613,6 +726,7 @@ def run_all(plan: Plan) -> dict[str, Any]:
     e2e, ttft = measure_sdk(plan)
     select = measure_select(plan)
     memory = measure_memory()
+    affinity = measure_affinity(plan)
     results: dict[str, Any] = {
         "machine": machine(),
         "runs": plan.runs,
@@ -627,7 +741,11 @@ def run_all(plan: Plan) -> dict[str, Any]:
             "ratio_1000_to_10_cooling": select["ratio_1000_to_10_cooling"],
         },
         "bytes_per_backend": {key: row["total"] for key, row in memory.items()},
-        "details": {"core": core, "e2e": e2e, "ttft": ttft, "memory": memory},
+        "affinity_us": {
+            **affinity["examine_us"],
+            "responses_create_learned": affinity["learn"]["overhead_us"],
+        },
+        "details": {"core": core, "e2e": e2e, "ttft": ttft, "memory": memory, "affinity": affinity},
     }
     results["targets"] = targets(results)
     return results
@@ -686,6 +804,16 @@ def print_report(results: dict[str, Any], plan: Plan) -> None:
             f"  {key:14}{row['total']:8.0f} B  (Backend {row['backend']:.0f} B + balancer "
             f"{row['balancer']:.0f} B)"
         )
+
+    affinity = details["affinity"]
+    print("\naffinity: telling whether a request names a stored object, CPU per request (us)")
+    for key, value in affinity["examine_us"].items():
+        print(f"  {key:22}{value:8.2f}us")
+    learn = affinity["learn"]
+    print(
+        f"  a Responses create, its answer's ids learned as read: {learn['balanced_us']:.1f}us vs "
+        f"{learn['plain_us']:.1f}us with affinity off ({learn['overhead_us']:+.1f}us)"
+    )
 
     print("\ntargets" + (" (a --quick run: indicative only)" if results["quick"] else ""))
     for target in results["targets"]:

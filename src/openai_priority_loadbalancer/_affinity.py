@@ -53,11 +53,11 @@ DEFAULT_OWNER_TTL_S: Final = 30 * 86_400.0
 # The collections whose members are stored objects, after /openai/ or /openai/v1/, and the object's id
 # (the next path segment) if there is one. One anchored match: a path of another kind fails at once.
 _PATH: Final = re.compile(
-    rb"(?:v1/)?(responses|conversations|files|uploads|batches|vector_stores|containers|assistants|threads"
-    rb"|fine_tuning/jobs|chat/completions)(?:/([^/?]+))?(?=[/?]|$)"
+    r"(?:v1/)?(responses|conversations|files|uploads|batches|vector_stores|containers|assistants|threads"
+    r"|fine_tuning/jobs|chat/completions)(?:/([^/]+))?(?=/|$)"
 )
 # Path segments in an object's place that name an operation, not an object.
-_NOT_IDS: Final = frozenset({b"input_tokens", b"compact", b"runs"})
+_NOT_IDS: Final = frozenset({"input_tokens", "compact", "runs"})
 _MAX_ID_LEN: Final = 256
 _MAX_NAMES: Final = 64
 # Body fields holding one stored object's id, and those holding a list of them (anywhere in the body).
@@ -137,38 +137,39 @@ class OwnerMap:
 # ---------------------------------------------------------------------- recognising
 
 
-def named_objects(method: str, raw_path: bytes, content: bytes) -> tuple[list[tuple[str, str]], bool] | None:
+def named_objects(method: str, path: str, content: bytes) -> tuple[list[tuple[str, str]], bool] | None:
     """The stored objects a request names, as ``(named_by, id)`` pairs (most specific first), and
     whether its answer creates objects; None when it names none and creates none.
 
-    Never raises: a body that is not JSON, or JSON of an unexpected shape, names nothing.
+    ``path`` is the URL's path (no query). Never raises: a body that is not JSON, or JSON of an
+    unexpected shape, names nothing.
     """
-    start = raw_path.find(b"/openai/")
+    start = path.find("/openai/")
     if start < 0:
         return None
-    match = _PATH.match(raw_path, start + 8)
+    match = _PATH.match(path, start + 8)
     if match is None:
         return None
     head, segment = match.groups()
     names: list[tuple[str, str]] = []
-    if segment and segment not in _NOT_IDS and len(segment) <= _MAX_ID_LEN and segment.isascii():
-        names.append(("path", segment.decode("ascii")))
-    elif head == b"chat/completions":
+    if segment and segment not in _NOT_IDS and len(segment) <= _MAX_ID_LEN:
+        names.append(("path", segment))
+    elif head == "chat/completions":
         return None
     post = method == "POST"
     if post and content[:1] == b"{" and _may_name(head, not names, content):
-        _body_names(content, head == b"responses", names)
-    creates = post and head != b"chat/completions"
+        _body_names(content, head == "responses", names)
+    creates = post and head != "chat/completions"
     if not names and not creates:
         return None
     return names, creates
 
 
-def _may_name(head: bytes, collection: bool, content: bytes) -> bool:
+def _may_name(head: str, collection: bool, content: bytes) -> bool:
     """Whether the body may name a stored object: a byte search for the fields' names, no parse."""
-    if head == b"chat/completions":
+    if head == "chat/completions":
         return False  # a stored chat completion is named by its path only
-    if head == b"responses" and collection:
+    if head == "responses" and collection:
         return (
             b'id"' in content
             or b'ids"' in content
@@ -368,7 +369,7 @@ class Affinity:
 
     def examine(self, request: Request) -> Pin | None:
         """What ``request`` names (None: nothing, and its answer creates nothing)."""
-        found = named_objects(request.method, request.url.raw_path, request.content)
+        found = named_objects(request.method, request.url.path, request.content)
         if found is None:
             return None
         pin = Pin(self, *found)

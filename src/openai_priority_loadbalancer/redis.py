@@ -43,8 +43,14 @@ timeout for it (a reservation may first wait its turn for a connection, about as
 While Redis is unavailable, ``reserve`` grants every request without counting it: the balancer runs on
 its local state, as it does without a store.
 
-Redis Cluster: ``load`` and ``reserve`` name every backend's keys in one script, so give a prefix with
-a hash tag (``prefix="{oplb}:"``) to keep them in one slot.
+It is an :class:`~openai_priority_loadbalancer.OwnerStore` too: ``<prefix>obj:<id>`` holds the key of
+the backend that holds stored object ``<id>`` (a response, conversation, file, ...) and expires after
+the balancer's ``affinity_ttl_s`` (30 days by default). ``owners`` is one ``MGET``, made only for
+objects the balancer does not know; ``set_owners`` is one pipelined round of ``SET ... PX``. They
+fail open like the rest: with Redis down, the balancer finds owners by asking the backends.
+
+Redis Cluster: ``load``, ``reserve`` and ``owners`` name several keys in one call, so give a prefix
+with a hash tag (``prefix="{oplb}:"``) to keep them in one slot.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ from ._store import UNMETERED_S, BudgetReport, Reason, Reservation, SharedState
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ._store import BudgetStore
+    from ._store import BudgetStore, OwnerStore
 
 __all__ = ["RedisStateStore"]
 
@@ -812,6 +818,66 @@ class RedisStateStore:
             return False
         return True
 
+    # ------------------------------------------------------------------ the OwnerStore protocol
+
+    def owners(self, ids: Sequence[str]) -> list[str | None]:
+        """The key of the backend holding each object (None where none is recorded): one ``MGET``."""
+        ticket = self._health.gate()
+        if ticket == _SKIP or not ids:
+            return [None] * len(ids)
+        try:
+            values = self._sync_client().mget(self._owner_keys(ids))
+        except Exception as exc:
+            self._health.failed(ticket, exc)
+            return [None] * len(ids)
+        self._health.ok(ticket)
+        return [_text(v) for v in values]
+
+    async def aowners(self, ids: Sequence[str]) -> list[str | None]:
+        ticket = self._health.gate()
+        if ticket == _SKIP or not ids:
+            return [None] * len(ids)
+        try:
+            values = await self._loop_state().client.mget(self._owner_keys(ids))
+        except Exception as exc:
+            self._health.failed(ticket, exc)
+            return [None] * len(ids)
+        self._health.ok(ticket)
+        return [_text(v) for v in values]
+
+    def set_owners(self, ids: Sequence[str], owner: str, ttl_s: float) -> None:
+        """Record ``owner`` as the backend of every object in ``ids``, each for ``ttl_s``: one round trip."""
+        ticket = self._health.gate()
+        if ticket == _SKIP or not ids:
+            return
+        try:
+            pipe = self._sync_client().pipeline(transaction=False)
+            for key in self._owner_keys(ids):
+                pipe.set(key, owner, px=_ms(ttl_s))
+            pipe.execute()
+        except Exception as exc:
+            self._health.failed(ticket, exc)
+            return
+        self._health.ok(ticket)
+
+    async def aset_owners(self, ids: Sequence[str], owner: str, ttl_s: float) -> None:
+        ticket = self._health.gate()
+        if ticket == _SKIP or not ids:
+            return
+        try:
+            pipe = self._loop_state().client.pipeline(transaction=False)
+            for key in self._owner_keys(ids):
+                pipe.set(key, owner, px=_ms(ttl_s))
+            await pipe.execute()
+        except Exception as exc:
+            self._health.failed(ticket, exc)
+            return
+        self._health.ok(ticket)
+
+    def _owner_keys(self, ids: Sequence[str]) -> list[bytes]:
+        head = self._prefix_bytes + b"obj:"
+        return [head + object_id.encode("utf-8", "replace") for object_id in ids]
+
     # ------------------------------------------------------------------ helpers
 
     def _call(self, script: _Script, key: str, args: Sequence[bytes | int]) -> None:
@@ -976,6 +1042,17 @@ def _local(count: int) -> Reservation:
     return Reservation(True, False, 0.0, [None] * count)
 
 
+def _text(value: Any) -> str | None:
+    """A stored owner as text (the client may or may not decode replies)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def _ms(seconds: float) -> int:
+    return max(math.ceil(seconds * 1000), 1) if math.isfinite(seconds) else 2**62
+
+
 def _opt(value: int | None) -> str:
     return "-" if value is None else str(int(value))
 
@@ -1076,4 +1153,8 @@ if TYPE_CHECKING:
 
     def _is_a_budget_store(store: RedisStateStore) -> BudgetStore:
         """Type-checked only: mypy fails here if RedisStateStore stops matching the BudgetStore protocol."""
+        return store
+
+    def _is_an_owner_store(store: RedisStateStore) -> OwnerStore:
+        """Type-checked only: mypy fails here if RedisStateStore stops matching the OwnerStore protocol."""
         return store

@@ -14,6 +14,7 @@ import threading
 import zlib
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 from _unit_support import A, B, C, FakeClock, routing
 
@@ -161,6 +162,11 @@ def create(client: Any, **body: Any) -> Any:
     return client.post(f"{BASE}/responses", json=body)
 
 
+def path_of(path: str) -> str:
+    """The URL's path as the balancer reads it (percent-decoded, without the query)."""
+    return httpx.URL("https://caller.example" + path).path
+
+
 def host_of(response: Any) -> str:
     return str(routing(response).backend).split("//")[-1].split(":")[0]
 
@@ -194,7 +200,7 @@ def host_of(response: Any) -> str:
     ],
 )
 def test_every_path_form_names_its_object(method: str, path: str, expected: list[tuple[str, str]]) -> None:
-    found = named_objects(method, path.encode(), b"")
+    found = named_objects(method, path_of(path), b"")
     assert found is not None
     assert found[0] == expected
 
@@ -218,7 +224,7 @@ def test_every_path_form_names_its_object(method: str, path: str, expected: list
 def test_collections_name_nothing_and_creating_posts_are_learned_from(
     method: str, path: str, creates: bool | None
 ) -> None:
-    found = named_objects(method, path.encode(), b"")
+    found = named_objects(method, path_of(path), b"")
     if creates is None:
         assert found is None
     else:
@@ -239,7 +245,7 @@ def test_collections_name_nothing_and_creating_posts_are_learned_from(
 )
 def test_requests_that_name_nothing(path: str) -> None:
     body = json.dumps({"messages": [{"role": "tool", "tool_call_id": "call_1", "content": "x"}]}).encode()
-    assert named_objects("POST", path.encode(), body) is None
+    assert named_objects("POST", path_of(path), body) is None
 
 
 @pytest.mark.parametrize(
@@ -303,7 +309,7 @@ def test_requests_that_name_nothing(path: str) -> None:
     ],
 )
 def test_every_body_form_names_its_objects(path: str, body: Any, expected: list[tuple[str, str]]) -> None:
-    found = named_objects("POST", path.encode(), json.dumps(body).encode())
+    found = named_objects("POST", path_of(path), json.dumps(body).encode())
     assert found is not None
     assert found[0] == expected
 
@@ -327,11 +333,11 @@ def test_every_body_form_names_its_objects(path: str, body: Any, expected: list[
     ],
 )
 def test_malformed_or_odd_bodies_name_nothing(content: bytes) -> None:
-    assert named_objects("POST", b"/openai/v1/responses", content) == ([], True)
+    assert named_objects("POST", "/openai/v1/responses", content) == ([], True)
 
 
 def test_an_id_too_long_is_not_an_object() -> None:
-    assert named_objects("GET", b"/openai/v1/responses/" + b"r" * 300, b"") is None
+    assert named_objects("GET", "/openai/v1/responses/" + "r" * 300, b"") is None
 
 
 # ---------------------------------------------------------------------- the map's bound
