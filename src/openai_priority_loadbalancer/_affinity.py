@@ -325,6 +325,20 @@ class Pin:
             return not self.candidates  # the last "not here" goes back unchanged
         return keep
 
+    def lookup(self) -> tuple[str, tuple[Any, ...]] | None:
+        """The state-store call that finds the owner of the objects named, or None if none is needed."""
+        return self._affinity.lookup(self)
+
+    def among(self) -> list[BackendState]:
+        """The states of the backends the request may wait for."""
+        return self._affinity.among(self)
+
+    def served(
+        self, state: BackendState, response: Response, lib: HttpLib
+    ) -> tuple[str, tuple[Any, ...]] | None:
+        """Learn from a response that goes to the caller; returns the state-store call sharing it, if any."""
+        return self._affinity.served(self, state, response, lib)
+
     def keep_error(self) -> bool:
         """Whether a connection error of the backend goes to the caller: it does when it is the owner."""
         return bool(self.names) and self.owner_known

@@ -257,7 +257,7 @@ class BaseLoadBalancer:
         loads = self._store is not None and self._budgets is None
         # A request naming a stored object goes only where the object is (see _affinity).
         pin: Pin | None = self._affinity.examine(request) if self._affinity is not None else None
-        if pin is not None and (lookup := self._affinity.lookup(pin)) is not None:  # type: ignore[union-attr]
+        if pin is not None and (lookup := pin.lookup()) is not None:
             pin.adopt((yield (SHARE, lookup)))
         while True:
             if loads:
@@ -267,7 +267,7 @@ class BaseLoadBalancer:
                 tried |= pin.excluded(len(self._states))
             state, probe, seq = self._choose(now, tried)
             if state is None:
-                among = self._affinity.among(pin) if pin is not None and pin.bound else None  # type: ignore[union-attr]
+                among = pin.among() if pin is not None and pin.bound else None
                 if deadline is None:
                     deadline = now + self._wait_budget(request)
                 delay = self._next_chance(now, awaiting_probe, among)
@@ -357,9 +357,13 @@ class BaseLoadBalancer:
                 yield self._end_probe(state)
             if pin is not None:
                 if pin.must_read(response):
-                    yield (READ, response)
+                    try:
+                        yield (READ, response)
+                    except Exception:
+                        yield (CLOSE, response)
+                        raise
                 keep = pin.judge(state, response, keep)
-                if keep and (learned := self._affinity.served(pin, state, response, lib)) is not None:  # type: ignore[union-attr]
+                if keep and (learned := pin.served(state, response, lib)) is not None:
                     yield (SHARE, learned)
             if keep:
                 response.extensions[EXTENSION] = Routing(

@@ -664,3 +664,25 @@ def test_async_chains_with_streams_stay_on_their_backend(
         assert store.owners([created])[0] is not None
 
     asyncio.run(main())
+
+
+def test_a_not_found_body_that_cannot_be_read_is_closed_and_its_error_raised(
+    make: Callable[..., Any], backends: list[Backend], resources: Resources
+) -> None:
+    lib = resources.lib
+    closed: list[bool] = []
+
+    class Broken(lib.SyncByteStream):  # type: ignore[misc,name-defined]
+        def __iter__(self) -> Any:
+            raise lib.ReadError("cut")
+            yield b""
+
+        def close(self) -> None:
+            closed.append(True)
+
+    resources.script(A, lambda r: lib.Response(400, stream=Broken()))
+    client = make([Backend(A, 1), Backend(B, 2)])
+    with pytest.raises(lib.ReadError):
+        create(client, previous_response_id="resp_x")
+    assert closed
+    assert [h for h, _, _ in resources.requests] == [A]
