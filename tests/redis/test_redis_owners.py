@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import httpx
+import openai
 import pytest
+from _redis_support import HERE
 
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer, OwnerStore, shared_key
 from openai_priority_loadbalancer.redis import RedisStateStore
+from openai_priority_loadbalancer.simulator import InstanceConfig, Simulator
 
 if TYPE_CHECKING:
     from _redis_support import RedisServer
@@ -103,3 +108,63 @@ def test_a_second_worker_continues_the_first_ones_chains(redis_server: RedisServ
     ]
     first.close()
     first_store.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_second_process_continues_the_first_ones_chains(
+    redis_server: RedisServer, worker_env: dict[str, str], mode: str
+) -> None:
+    names = ("a", "b", "c")
+    with Simulator([InstanceConfig(name) for name in names]) as sim:
+        urls = [sim.url(name) for name in names]
+        store = RedisStateStore.from_url(redis_server.url)
+        lb = LoadBalancer([Backend(url, 1) for url in urls], state=store)
+        owners: dict[str, str] = {}
+        with openai.AzureOpenAI(
+            azure_endpoint=urls[0],
+            api_key="k",
+            api_version="2025-04-01-preview",
+            http_client=openai.DefaultHttpxClient(transport=lb),
+        ) as client:
+            for chain in range(9):
+                if chain % 3:
+                    raw = client.responses.with_raw_response.create(model="gpt-4o", input="Hi")
+                    owners[raw.parse().id] = raw.headers["x-simulator-instance"]
+                else:  # some chains start with a stream
+                    with client.responses.with_streaming_response.create(
+                        model="gpt-4o", input="Hi", stream=True
+                    ) as raw:
+                        owner = raw.headers["x-simulator-instance"]
+                        text = raw.read().decode()
+                    owners[_id(text)] = owner
+        store.close()
+        assert len(set(owners.values())) > 1
+
+        def second(redis_url: str) -> dict[str, list[str | None]]:
+            result = subprocess.run(
+                [sys.executable, str(HERE / "_chains.py"), redis_url, mode, *urls],
+                input="\n".join(owners),
+                env=worker_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stderr
+            report = json.loads(result.stdout)
+            assert report["errors"] == []
+            served: dict[str, list[str | None]] = report["served"]
+            return served
+
+        served = second(redis_server.url)
+        assert {i: s for i, (s, _) in served.items()} == owners
+        assert {how for _, how in served.values()} == {"shared"}
+        assert sum(sim.stats(name).not_found for name in names) == 0  # not one wrong backend asked
+
+        served = second("-")  # no store: found by discovery
+        assert {i: s for i, (s, _) in served.items()} == owners
+        assert {how for _, how in served.values()} == {"discovered"}
+
+
+def _id(sse: str) -> str:
+    created = next(line for line in sse.splitlines() if line.startswith("data: "))
+    return str(json.loads(created.removeprefix("data: "))["response"]["id"])
