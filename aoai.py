@@ -7,6 +7,7 @@ talks to the first instance only, as an application without a balancer would.
     python aoai.py                         # the demo, on simulated backends
     python aoai.py --json                  # the same, as one JSON object
     python aoai.py --mode async --stream   # AsyncAzureOpenAI, streamed completions
+    python aoai.py --api responses         # multi-turn Responses API chains (previous_response_id)
     python aoai.py --config azure.toml     # real Azure OpenAI endpoints (see README)
 """
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 DEFAULT_API_VERSION = "2024-10-21"
+RESPONSES_API_VERSION = "2025-04-01-preview"  # the Responses API needs a preview version on Azure
 
 
 class ConfigError(Exception):
@@ -92,6 +94,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("sync", "async"), default="sync", help="SDK client kind")
     parser.add_argument("--stream", action="store_true", help="stream the completions")
     parser.add_argument(
+        "--api",
+        choices=("chat", "responses"),
+        default="chat",
+        help="chat completions (default), or multi-turn Responses API chains linked by previous_response_id",
+    )
+    parser.add_argument(
+        "--turns", type=int, default=3, help="--api responses: turns per chain (default 3); -n is chains"
+    )
+    parser.add_argument(
         "--backend",
         action="append",
         default=[],
@@ -114,8 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="do not print the balancer's own stats() table after the comparison",
     )
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.concurrency < 1 or args.rpw < 1:
-        raise ConfigError("--requests, --concurrency and --rpw must be at least 1")
+    if args.requests < 1 or args.concurrency < 1 or args.rpw < 1 or args.turns < 1:
+        raise ConfigError("--requests, --concurrency, --rpw and --turns must be at least 1")
     if args.backend and args.config:
         raise ConfigError("use --backend or --config, not both")
     return args
@@ -123,7 +134,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_setup(args: argparse.Namespace, stack: contextlib.ExitStack) -> Setup:
     deployment = args.deployment or "gpt-4o"
-    api_version = args.api_version or DEFAULT_API_VERSION
+    api_version = args.api_version or (
+        RESPONSES_API_VERSION if args.api == "responses" else DEFAULT_API_VERSION
+    )
     if args.config:
         return _from_config(args.config, args)
     if args.backend:
@@ -370,6 +383,219 @@ def run_side(setup: Setup, args: argparse.Namespace, balanced: bool) -> tuple[Re
     return result, balancer
 
 
+# ---------------------------------------------------------------------- Responses API chains
+
+
+@dataclass
+class Chains:
+    """What became of multi-turn Responses chains: each turn names the previous one's id."""
+
+    chains: int = 0
+    turns: int = 0
+    ok: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    wall_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    kept: int = 0  # chains whose every turn was answered by the backend that stored its first
+    started_on: Counter[str] = field(default_factory=Counter)  # chains by the backend of their first turn
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        return {
+            "chains": self.chains,
+            "turns": self.turns,
+            "ok": self.ok,
+            "failed": dict(self.failed),
+            "wall_s": round(self.wall_s, 3),
+            "p50_ms": round(_percentile(lat, 0.50) * 1000, 1) if lat else None,
+            "chains_kept_on_their_backend": self.kept,
+            "chains_started_on": dict(self.started_on),
+        }
+
+
+def _turn(client: Any, setup: Setup, chain: int, turn: int, previous: str | None) -> tuple[str, str | None]:
+    """One turn: the new response's id, and the balancer's backend for it (None without a balancer)."""
+    kwargs: dict[str, Any] = {"model": setup.deployment, "input": f"Chain {chain}, turn {turn}: go on."}
+    if previous is not None:
+        kwargs["previous_response_id"] = previous
+    raw = client.responses.with_raw_response.create(**kwargs)
+    return raw.parse().id, _routed_to(raw)
+
+
+async def _aturn(
+    client: Any, setup: Setup, chain: int, turn: int, previous: str | None
+) -> tuple[str, str | None]:
+    kwargs: dict[str, Any] = {"model": setup.deployment, "input": f"Chain {chain}, turn {turn}: go on."}
+    if previous is not None:
+        kwargs["previous_response_id"] = previous
+    raw = await client.responses.with_raw_response.create(**kwargs)
+    return raw.parse().id, _routed_to(raw)
+
+
+def _routed_to(raw: Any) -> str | None:
+    routing = raw.http_response.extensions.get("openai_priority_loadbalancer")
+    return routing.backend if routing is not None else None
+
+
+def _record(
+    result: Chains, lock: threading.Lock, backends: list[str | None], done: int, error: str | None
+) -> None:
+    with lock:
+        result.ok += done
+        if error is not None:
+            result.failed[error] += 1
+        if backends and backends[0] is not None:
+            result.started_on[backends[0]] += 1
+        if error is None and len(set(backends)) == 1:
+            result.kept += 1
+
+
+def run_chains(
+    client: Any, setup: Setup, args: argparse.Namespace, chains: int, progress: Progress
+) -> Chains:
+    """``chains`` chains of ``args.turns`` turns, ``args.concurrency`` chains at a time."""
+    result = Chains(chains=chains, turns=chains * args.turns)
+    lock = threading.Lock()
+
+    def one(chain: int) -> None:
+        backends: list[str | None] = []
+        previous: str | None = None
+        error = None
+        for turn in range(args.turns):
+            started = time.perf_counter()
+            try:
+                previous, backend = _turn(client, setup, chain, turn, previous)
+            except Exception as exc:  # counted by type, as the chat demo does
+                error = type(exc).__name__
+                break
+            backends.append(backend)
+            with lock:
+                result.latencies.append(time.perf_counter() - started)
+            progress.step()
+        _record(result, lock, backends, len(backends), error)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        list(pool.map(one, range(chains)))
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+async def run_chains_async(
+    client: Any, setup: Setup, args: argparse.Namespace, chains: int, progress: Progress
+) -> Chains:
+    result = Chains(chains=chains, turns=chains * args.turns)
+    lock = threading.Lock()
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def one(chain: int) -> None:
+        async with gate:
+            backends: list[str | None] = []
+            previous: str | None = None
+            error = None
+            for turn in range(args.turns):
+                started = time.perf_counter()
+                try:
+                    previous, backend = await _aturn(client, setup, chain, turn, previous)
+                except Exception as exc:
+                    error = type(exc).__name__
+                    break
+                backends.append(backend)
+                result.latencies.append(time.perf_counter() - started)
+                progress.step()
+            _record(result, lock, backends, len(backends), error)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(chains)))
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def chains_side(setup: Setup, args: argparse.Namespace, balanced: bool, chains: int, quiet: bool) -> Chains:
+    """Run ``chains`` Responses chains through the standard client or the load-balanced one."""
+    from openai_priority_loadbalancer import AsyncLoadBalancer, LoadBalancer
+
+    if setup.simulated is not None:
+        _start_of_window()
+    balancer = None
+    if balanced:
+        backends = make_backends(setup)
+        balancer = LoadBalancer(backends) if args.mode == "sync" else AsyncLoadBalancer(backends)
+    version = setup.api_version if args.api == "responses" else RESPONSES_API_VERSION
+    client = make_client(
+        Setup(setup.targets, setup.deployment, version, setup.token_provider), args.mode, balancer
+    )
+    label = "load-balanced" if balanced else "standard"
+    progress = Progress(label, chains * args.turns, not (args.json or quiet))
+    if args.mode == "sync":
+        with client:
+            result = run_chains(client, setup, args, chains, progress)
+    else:
+
+        async def go() -> Chains:
+            async with client:
+                return await run_chains_async(client, setup, args, chains, progress)
+
+        result = asyncio.run(go())
+    names = {t.url: t.name for t in setup.targets}
+    if balancer is None:  # every turn went to the first backend
+        result.started_on = Counter({setup.targets[0].name: chains - sum(result.failed.values())})
+    else:
+        result.started_on = Counter({names.get(k, k): v for k, v in result.started_on.items()})
+    return result
+
+
+def render_chains(setup: Setup, standard: Chains, balanced: Chains, args: argparse.Namespace) -> str:
+    s, b = standard.as_dict(), balanced.as_dict()
+
+    def failures(r: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(r["failed"].items())) or "0"
+
+    rows: list[tuple[str, str, str]] = [
+        ("turns succeeded", f"{s['ok']}/{s['turns']}", f"{b['ok']}/{b['turns']}"),
+        ("chains failed", failures(s), failures(b)),
+        (
+            "chains on their backend",
+            f"{s['chains_kept_on_their_backend']}/{s['chains']}",
+            f"{b['chains_kept_on_their_backend']}/{b['chains']}",
+        ),
+        ("wall time", f"{s['wall_s']:.2f} s", f"{b['wall_s']:.2f} s"),
+    ]
+    for t in setup.targets:
+        rows.append(
+            (
+                f"chains started on {t.name}",
+                str(s["chains_started_on"].get(t.name, 0)),
+                str(b["chains_started_on"].get(t.name, 0)),
+            )
+        )
+    width = max(len(r[0]) for r in rows)
+    col = max(14, *(len(r[1]) for r in rows), *(len(r[2]) for r in rows))
+    header = f"{'':<{width}}  {'standard':>{col}}  {'load-balanced':>{col}}"
+    lines = [header, "-" * len(header)]
+    lines += [f"{name:<{width}}  {left:>{col}}  {right:>{col}}" for name, left, right in rows]
+    kind = "simulated" if setup.simulated is not None else "configured"
+    title = (
+        f"{b['chains']} Responses API chains of {args.turns} turns (previous_response_id), "
+        f"{args.concurrency} at a time ({args.mode}), over {len(setup.targets)} {kind} backends"
+    )
+    return "\n".join([title, "", *lines])
+
+
+def chains_line(chains: Chains, turns: int) -> str:
+    """One line for the default run: did the balancer keep every chain on its backend?"""
+    spread = ", ".join(f"{name} {n}" for name, n in sorted(chains.started_on.items()))
+    verdict = (
+        "the balancer kept every chain on the backend that stored it"
+        if chains.kept == chains.chains
+        else f"only {chains.kept} of {chains.chains} chains stayed on their backend"
+    )
+    return (
+        f"Responses API: {chains.chains} chains of {turns} turns through the balancer, "
+        f"{chains.ok}/{chains.turns} turns succeeded; {verdict} (chains started on: {spread})."
+    )
+
+
 def _start_of_window() -> None:
     """Start a run at a fresh one-second window, so both runs see the same simulated capacity."""
     time.sleep(1.05)
@@ -426,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         with contextlib.ExitStack() as stack:
             setup = load_setup(args, stack)
+            if args.api == "responses":
+                return _main_responses(setup, args)
             standard, _ = run_side(setup, args, balanced=False)
             balanced, balancer = run_side(setup, args, balanced=True)
             if args.json:
@@ -439,11 +667,25 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.no_stats:
                     print("\nWhat the balancer saw (print(lb.stats())):\n")
                     print(balancer.stats())
+                if setup.simulated is not None:  # the simulator serves the Responses API too
+                    args.turns = 3
+                    print("\n" + chains_line(chains_side(setup, args, True, 6, quiet=True), 3))
     except ConfigError as exc:
         print(f"aoai.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def _main_responses(setup: Setup, args: argparse.Namespace) -> int:
+    standard = chains_side(setup, args, False, args.requests, quiet=False)
+    balanced = chains_side(setup, args, True, args.requests, quiet=False)
+    if args.json:
+        print(json.dumps({"standard": standard.as_dict(), "load_balanced": balanced.as_dict()}, indent=2))
+    else:
+        print(render_chains(setup, standard, balanced, args))
+        print("\n" + chains_line(balanced, args.turns))
     return 0
 
 

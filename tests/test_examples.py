@@ -50,6 +50,21 @@ def test_demo_json_runs() -> None:
     assert sum(result["load_balanced"]["per_backend"].values()) == 24
 
 
+def test_demo_responses_chains_stay_on_their_backend() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "aoai.py"), "--api", "responses", "--json", "-n", "6", "-c", "3"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    balanced = json.loads(done.stdout)["load_balanced"]
+    assert balanced["ok"] == balanced["turns"] == 18
+    assert balanced["chains_kept_on_their_backend"] == 6
+    assert len(balanced["chains_started_on"]) > 1  # new chains spread over the backends
+
+
 def test_demo_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"backends": []}')
