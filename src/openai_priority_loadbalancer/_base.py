@@ -75,6 +75,8 @@ _MIN_RETRY_AFTER_S: Final = 0.1
 _URL_CACHE_SIZE: Final = 512
 # While a probe is out (a half-open breaker, a spent budget), waiting requests look again this often.
 _PROBE_POLL_S: Final = 0.02
+# The shortest time a 429 sets its backend aside for, doubling with consecutive 429s (_throttle_backoff).
+_MIN_THROTTLE_S: Final = 0.1
 # The shortest wait: a backend tried by this request and free again "now" is not hammered in a loop.
 _MIN_WAIT_S: Final = 0.01
 # The longest a backend is assumed to take to admit an attempt after it is sent (one network hop).
@@ -614,6 +616,7 @@ class BaseLoadBalancer:
                 state.throttled += 1
                 info = self._rate_limit(headers)
                 cooldown = info.cooldown_s if info.cooldown_s is not None else self._default_cooldown_s
+                cooldown = max(cooldown, self._throttle_backoff(state, started, now))
                 self._set_aside(state, now, cooldown, "throttled", status)
                 # When the cooldown ends, so has the window: expect its full budget where the backend
                 # told its limit, else let one request find out before the others follow.
@@ -639,6 +642,7 @@ class BaseLoadBalancer:
                 keep = True
                 if status < 400:
                     state.successes += 1
+                    state.throttle_streak = 0
                 requests_left = headers.get("x-ratelimit-remaining-requests")
                 tokens_left = headers.get("x-ratelimit-remaining-tokens")
                 if requests_left is not None or tokens_left is not None:
@@ -679,6 +683,21 @@ class BaseLoadBalancer:
             if spent_s is not None:
                 self._emit(SetAsideEvent(self._wall_clock(), state.backend.id, "exhausted", spent_s, False))
         return keep, shares
+
+    def _throttle_backoff(self, state: BackendState, started: float, now: float) -> float:
+        """The least a 429 sets its backend aside for, whatever its headers say (caller holds the lock).
+
+        A backend that throttles while saying "retry now" (``Retry-After: 0``, ``retry-after-ms: 1``, a
+        past date, or ``max_cooldown_s=0``) would otherwise be tried again every few milliseconds:
+        ``_MIN_THROTTLE_S``, doubling with each further 429 of an attempt sent after the last one
+        arrived (the attempts of one burst are one 429), up to ``default_cooldown_s``. A success
+        starts the count again.
+        """
+        if started > state.throttled_at or not state.throttle_streak:
+            state.throttle_streak += 1
+        state.throttled_at = now
+        backoff = _MIN_THROTTLE_S * 2.0 ** min(state.throttle_streak - 1, 62)
+        return min(backoff, max(self._default_cooldown_s, _MIN_THROTTLE_S))
 
     def _rate_limit(self, headers: Any) -> RateLimitInfo:
         """Every rate-limit header of an answer, read with this balancer's clock and bounds."""

@@ -46,7 +46,9 @@ class BackendState:
         "requests",
         "sent",
         "successes",
+        "throttle_streak",
         "throttled",
+        "throttled_at",
     )
 
     def __init__(self, backend: Backend, index: int) -> None:
@@ -82,6 +84,9 @@ class BackendState:
         self.pinned = 0
         self.successes = 0
         self.throttled = 0
+        #: Consecutive 429s (those of one burst of attempts count once), and when the last one arrived.
+        self.throttle_streak = 0
+        self.throttled_at = -math.inf
         self.failed = 0
         #: The last LATENCY_WINDOW latencies (seconds), a ring: a flat array of doubles, no objects.
         self.latencies = array("d")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
-from _e2e_support import API_VERSION, MESSAGES, MODEL
+from _e2e_support import API_VERSION, MESSAGES, MODEL, Api, MakeApi
 
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer
 from openai_priority_loadbalancer.simulator import InstanceConfig, Simulator
@@ -55,3 +59,34 @@ async def test_a_callers_key_with_a_stray_space_is_not_shown_in_the_error(
             await _close(client)
         assert "SECRET" not in "".join(traceback.format_exception(raised.value))
         assert sim.stats("a").received == 0
+
+
+async def _all_at_once(api: Api, count: int, **kwargs: Any) -> list[Any]:
+    """``count`` chat completions sent together (tasks with an async client, threads with a sync one)."""
+    if api.is_async:
+        return list(await asyncio.gather(*(api.create(**kwargs) for _ in range(count))))
+    create = functools.partial(api.client.chat.completions.create, model=MODEL, messages=MESSAGES, **kwargs)
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: create(), range(count)))
+
+
+# -- Retry-After: 0 ----------------------------------------------------------------------------------
+
+
+async def test_retry_after_0_does_not_spin_on_the_backend(make_api: MakeApi) -> None:
+    """A backend that throttles while saying "retry now": the balancer backs off instead of hammering it
+    every few milliseconds (300 to 500 429s in about a second before), and every request is served."""
+    config = InstanceConfig(
+        "p", requests_per_window=3, window_s=1.0, header_style="retry-after-0", ratelimit_headers=False
+    )
+    with Simulator([config]) as sim:
+        api = make_api([Backend(sim.url("p"), 1)])
+        start = time.monotonic()
+        completions = await _all_at_once(api, 6)
+        elapsed = time.monotonic() - start
+
+        stats = sim.stats("p")
+        assert len(completions) == 6
+        assert stats.served == 6
+        assert stats.throttled <= 30, stats.throttled
+        assert elapsed < 3.0

@@ -277,7 +277,16 @@ def test_pipelined_requests_are_answered_in_order():
 
 
 @pytest.mark.parametrize(
-    "style", ["retry-after", "retry-after-float", "http-date", "retry-after-ms", "reset-requests", "azure"]
+    "style",
+    [
+        "retry-after",
+        "retry-after-float",
+        "http-date",
+        "retry-after-ms",
+        "reset-requests",
+        "azure",
+        "retry-after-0",
+    ],
 )
 def test_capacity_then_429_with_each_header_style(client, style):
     config = InstanceConfig("eastus", requests_per_window=3, window_s=1.5, header_style=style)
@@ -310,6 +319,9 @@ def test_capacity_then_429_with_each_header_style(client, style):
         elif style == "retry-after-ms":
             assert abs(int(headers["retry-after-ms"]) / 1000 - expected) < 0.05
             assert headers["retry-after"] == str(math.ceil(expected))
+        elif style == "retry-after-0":
+            assert headers["retry-after"] == "0"
+            assert "retry-after-ms" not in headers
         else:
             assert "retry-after" not in headers
             assert abs(parse_duration(headers["x-ratelimit-reset-requests"]) - expected) < 0.05

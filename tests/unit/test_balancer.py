@@ -552,6 +552,47 @@ def test_429_sets_backend_aside_for_exactly_the_header_time(
 
 
 @pytest.mark.parametrize(
+    ("headers", "options"),
+    [
+        ({"retry-after": "0"}, {}),
+        ({"retry-after-ms": "1"}, {}),
+        ({"retry-after": "<http-date 30 s ago>"}, {}),
+        ({"retry-after": "5"}, {"max_cooldown_s": 0}),
+        ({"x-ratelimit-reset-requests": "0s"}, {}),
+    ],
+    ids=lambda v: json.dumps(v),
+)
+def test_a_429_saying_retry_now_backs_off(
+    make_lb: MakeLb,
+    router: Any,
+    client_for: Any,
+    clock: Any,
+    wall: Any,
+    headers: dict[str, str],
+    options: dict[str, Any],
+) -> None:
+    """Taken at its word, "retry now" had the balancer try the backend again every 10 ms (hundreds of
+    429s a second): a 429 sets its backend aside for 0.1 s at least, doubling with each further 429
+    up to default_cooldown_s, and a success starts again from 0.1 s."""
+    if headers.get("retry-after", "").startswith("<http-date"):
+        headers = {"retry-after": formatdate(wall.now - 30, usegmt=True)}
+    router.always(A, (429, headers))
+    lb = make_lb([Backend(A, 1), Backend(B, 2)], default_cooldown_s=1.5, **options)
+    client = client_for(lb)
+    cooldowns = []
+    for _ in range(6):
+        assert post(client).json() == {"host": B}
+        cooldowns.append(round(stats_by_id(lb)[A].cooling_down_for_s, 6))
+        clock.advance(stats_by_id(lb)[A].cooling_down_for_s)
+    assert cooldowns == [0.1, 0.2, 0.4, 0.8, 1.5, 1.5]
+    assert router.hosts == [A, B] * 6
+    router.script(A, 200)
+    assert post(client).json() == {"host": A}
+    assert post(client).json() == {"host": B}
+    assert stats_by_id(lb)[A].cooling_down_for_s == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
     ("headers", "cooldown"),
     [
         ({"retry-after-ms": "2500"}, 2.5),

@@ -150,6 +150,36 @@ async def test_fewest_in_flight_preferred(
     assert all(s.in_flight == 0 for s in lb.stats())
 
 
+async def test_the_429s_of_one_burst_back_off_once(
+    make_async_lb: MakeLb, router: Any, client_for: Any, lib: Any, clock: Any
+) -> None:
+    """Attempts in flight together that all get "429, retry now" are one 429 for the backoff: the
+    backend is set aside for 0.1 s, not 0.1 s doubled once per attempt."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    arrived: list[int] = []
+
+    async def throttled(request: Any) -> Any:
+        arrived.append(1)
+        if len(arrived) == 3:
+            entered.set()
+        await asyncio.wait_for(release.wait(), WAIT)
+        return lib.Response(429, headers={"retry-after": "0"})
+
+    router.script(A, 200, throttled, throttled, throttled)
+    lb = make_async_lb([Backend(A, 1), Backend(B, 2)])
+    client = client_for(lb)
+    assert (await post(client)).json() == {"host": A}  # A is known: more than one request at a time
+    tasks = [asyncio.create_task(post(client)) for _ in range(3)]
+    await asyncio.wait_for(entered.wait(), WAIT)
+    release.set()
+    assert [(await t).json() for t in tasks] == [{"host": B}] * 3
+    assert stats_by_id(lb)[A].cooling_down_for_s == pytest.approx(0.1)
+    clock.advance(0.1)
+    router.script(A, (429, {"retry-after": "0"}))
+    assert (await post(client)).json() == {"host": B}  # a 429 of an attempt sent after the burst's
+    assert stats_by_id(lb)[A].cooling_down_for_s == pytest.approx(0.2)
+
+
 # ---------------------------------------------------------------------- the per-attempt request
 
 

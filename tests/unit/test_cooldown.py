@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from _unit_support import LOGGER
+from _unit_support import LOGGER, FakeClock
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from openai_priority_loadbalancer import Backend, LoadBalancer
+from openai_priority_loadbalancer._base import _MIN_THROTTLE_S
 from openai_priority_loadbalancer._cooldown import (
     DEFAULT_MAX_COOLDOWN_S,
     RateLimitInfo,
@@ -631,7 +633,31 @@ def test_body_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
 
 # ------------------------------------------------------------------------------------ properties
 
+# Values that fed defects: "retry now" in every spelling (0, a past date), a number too large for a
+# float (1e400, 400 nines), -1 ("unknown") and NUL, alone and around a number.
+EDGE_VALUES = (
+    "0",
+    "0.0",
+    "00",
+    " 0 ",
+    "0s",
+    "0ms",
+    "1",
+    "-1",
+    " -1",
+    "-1.0",
+    "1e400",
+    "9" * 400,
+    "\x00",
+    "0\x00",
+    "\x001",
+    formatdate(WALL_NOW - 1, usegmt=True),
+    formatdate(WALL_NOW - 86_400 * 365, usegmt=True),
+    formatdate(0, usegmt=True),
+    "Sun, 06 Nov 1994 08:49:37 GMT",
+)
 values = st.one_of(
+    st.sampled_from(EDGE_VALUES),
     st.text(),
     st.from_regex(r"\A[ \t]?-?[0-9.]{0,12}(h|m|s|ms|us|\u00b5s|ns)?([0-9.]{1,4}[hms]){0,3}[ \t]?\Z"),
     st.floats().map(repr),
@@ -690,3 +716,30 @@ def test_parse_duration_reads_go_durations(hours: int, minutes: int, millisecond
 def test_parse_retry_after_reads_formatdate(moment: int, wall_now: int) -> None:
     date = formatdate(moment, usegmt=True)
     assert parse_retry_after(date, wall_now=float(wall_now)) == max(moment - wall_now, 0)
+
+
+@given(headers=rate_limit_headers, status=st.sampled_from([200, 429, 503]), max_cooldown_s=max_cooldowns)
+@example(headers={"retry-after": "0"}, status=429, max_cooldown_s=DEFAULT_MAX_COOLDOWN_S)
+@example(headers={"retry-after": "5"}, status=429, max_cooldown_s=0.0)
+@example(headers={"x-ratelimit-remaining-requests": "-1"}, status=200, max_cooldown_s=DEFAULT_MAX_COOLDOWN_S)
+def test_a_balancer_takes_any_rate_limit_headers(
+    headers: dict[str, str], status: int, max_cooldown_s: float
+) -> None:
+    """Whatever the headers, an answer never raises; a 429 never sets its backend aside for less than
+    the floor that keeps the balancer from trying it again every few milliseconds."""
+    clock = FakeClock(1000.0)
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, headers=_raw(headers)))
+    lb = LoadBalancer(
+        [Backend("a.example", 1)],
+        transport=transport,
+        clock=clock,
+        wall_clock=lambda: WALL_NOW,
+        max_wait_s=0,
+        max_cooldown_s=max_cooldown_s,
+    )
+    response = lb.handle_request(httpx.Request("POST", "https://caller.example/x", content=b"{}"))
+    cooling = lb.stats()[0].cooling_down_for_s
+    assert math.isfinite(cooling)
+    if status == 429:
+        assert response.status_code == 429
+        assert cooling >= _MIN_THROTTLE_S

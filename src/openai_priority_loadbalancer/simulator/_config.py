@@ -13,7 +13,13 @@ FailureMode = Literal["500", "503", "refuse", "hang"]
 """How a failing instance misbehaves (see `InstanceConfig.failure`)."""
 
 HeaderStyle = Literal[
-    "retry-after", "retry-after-float", "http-date", "retry-after-ms", "reset-requests", "azure"
+    "retry-after",
+    "retry-after-float",
+    "http-date",
+    "retry-after-ms",
+    "reset-requests",
+    "azure",
+    "retry-after-0",
 ]
 """How a 429 says when to retry, and what answers say of the budget (see `InstanceConfig.header_style`)."""
 
@@ -66,7 +72,9 @@ class InstanceConfig:
             ``x-ratelimit-reset-tokens`` when the token budget ran out, as a duration such as
             ``"1s"`` or ``"250ms"``), or ``"azure"`` (as Azure OpenAI answers: ``retry-after`` in
             whole seconds on a 429, and on every answer only the ``x-ratelimit-remaining-*``
-            headers: no limit and no reset header, so a client cannot tell when a window ends).
+            headers: no limit and no reset header, so a client cannot tell when a window ends),
+            or ``"retry-after-0"`` (``retry-after: 0`` whatever the wait: a server that says
+            "now" while it still throttles).
         api_key: If set, requests must carry it as ``api-key`` or ``Authorization: Bearer``;
             others get a 401.
         port: TCP port on the simulator's host; ``0`` picks a free one.

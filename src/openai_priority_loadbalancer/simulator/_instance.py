@@ -556,6 +556,8 @@ class InstanceRuntime:
         elif style == "retry-after-ms":
             headers.append(("retry-after-ms", str(max(1, math.ceil(wait * 1000 - 1e-6)))))
             headers.append(("retry-after", str(seconds)))
+        elif style == "retry-after-0":
+            headers.append(("retry-after", "0"))
         else:
             headers.append((f"x-ratelimit-reset-{admission.throttled_by}", format_duration(wait)))
         if config.ratelimit_headers:
