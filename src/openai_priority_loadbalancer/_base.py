@@ -329,19 +329,13 @@ class BaseLoadBalancer:
             except lib.failover_errors as exc:
                 record, share = self._on_error(state, probe, exc, now)
                 attempts.append(record)
-                if share is not None:
-                    yield (SHARE, share)
-                if shared_probe:
-                    yield self._end_probe(state)
+                yield from self._settle(state, shared_probe, [share] if share is not None else None)
                 if pin is not None and pin.keep_error():
                     raise  # the owner of the object named failed: no other backend can answer
                 continue
             except lib.silent_errors as exc:
                 _, share = self._on_error(state, probe, exc, now)
-                if share is not None:
-                    yield (SHARE, share)
-                if shared_probe:
-                    yield self._end_probe(state)
+                yield from self._settle(state, shared_probe, [share] if share is not None else None)
                 raise
             except BaseException as exc:
                 self._release(state, probe, now)
@@ -352,11 +346,8 @@ class BaseLoadBalancer:
             elapsed = self._clock() - now
             attempts.append(Attempt(backend.id, response.status_code, None, elapsed))
             keep, shares = self._on_response(state, probe, seq, response, now)
-            if shares:
-                for share in shares:
-                    yield (SHARE, share)
-            if shared_probe:
-                yield self._end_probe(state)
+            if shares or shared_probe:
+                yield from self._settle(state, shared_probe, shares, response)
             if pin is not None:
                 if pin.must_read(response):
                     try:
@@ -366,7 +357,7 @@ class BaseLoadBalancer:
                         raise
                 keep = pin.judge(state, response, keep)
                 if keep and (learned := pin.served(state, response, lib)) is not None:
-                    yield (SHARE, learned)
+                    yield from self._settle(state, False, [learned], response)
             if keep:
                 response.extensions[EXTENSION] = Routing(
                     backend.id, tuple(attempts), pin.why if pin is not None else None
@@ -432,6 +423,37 @@ class BaseLoadBalancer:
             if reset_at > now  # a report of a window that has ended since says nothing of this one
         ]
         return (self._shared_keys, state.index, reports, _SHARED_PROBE_TTL_S)
+
+    def _settle(
+        self,
+        state: BackendState,
+        shared_probe: bool,
+        shares: Sequence[Share] | None,
+        response: Response | None = None,
+    ) -> Generator[Action, Any, None]:
+        """Tell the store what an attempt found, then end this balancer's shared probe of its backend
+        (if it holds it). Interrupted there (a cancellation, ...), it still ends the probe, and closes
+        ``response`` (no one else will: the caller gets the error), before the error goes on."""
+        probe_open = shared_probe
+        try:
+            for share in shares or ():
+                yield (SHARE, share)
+            if probe_open:
+                yield self._end_probe(state)
+                probe_open = False
+        except GeneratorExit:
+            raise
+        except BaseException:
+            if probe_open:  # else every balancer is refused the backend until the probe's TTL
+                try:
+                    yield self._end_probe(state)
+                except GeneratorExit:
+                    raise
+                except BaseException:  # the first error is the one that goes on
+                    pass
+            if response is not None:
+                yield (CLOSE, response)
+            raise
 
     def _end_probe(self, state: BackendState) -> Action:
         """The action that ends this balancer's shared probe of ``state``'s backend, however it ended."""

@@ -215,3 +215,67 @@ async def test_a_cancelled_probe_lets_the_next_request_probe_at_once() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert store.reserve(keys, 0, [], 10.0).probe
+
+
+class _BlockingStore(MemoryStateStore):
+    """A MemoryStateStore whose first call of ``method`` waits (until cancelled) once an answer is in."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__()
+        self.method = method
+        self.entered: Any = None
+
+    async def _block(self) -> None:
+        import asyncio
+
+        if self.entered is not None and not self.entered.is_set():
+            self.entered.set()
+            await asyncio.Event().wait()
+
+    async def aset_aside(self, key: str, record: SharedState) -> None:
+        if self.method == "set_aside":
+            await self._block()
+        await super().aset_aside(key, record)
+
+    async def areport(self, reports: Any) -> None:
+        if self.method == "report":
+            await self._block()
+        await super().areport(reports)
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers"),
+    [
+        ("set_aside", 429, {"retry-after": "1"}),  # the 429 is shared, then the probe ended
+        ("report", 200, {"x-ratelimit-remaining-requests": "5", "x-ratelimit-limit-requests": "9"}),
+    ],
+)
+async def test_a_request_cancelled_in_a_store_call_after_its_answer_closes_it_and_ends_the_probe(
+    lib: Any, observed_stream: Any, method: str, status: int, headers: dict[str, str]
+) -> None:
+    """Cancelled while it told the store what the answer said, a request left the answer's connection
+    open and the shared probe out: every balancer was refused a healthy backend for 10 s."""
+    import asyncio
+
+    from openai_priority_loadbalancer import AsyncLoadBalancer, shared_key
+
+    store = _BlockingStore(method)
+    store.entered = asyncio.Event()
+    body = observed_stream()
+
+    def handler(request: Any) -> Any:
+        return lib.Response(status, headers=headers, stream=body)
+
+    lb = AsyncLoadBalancer([Backend("a.example", 1)], transport=lib.MockTransport(handler), state=store)
+    keys = [shared_key(lb.backends[0])]
+    request = lib.Request("POST", CALLER_URL, content=b"{}")
+    task = asyncio.create_task(lb.handle_async_request(request))
+    await asyncio.wait_for(store.entered.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert body.closed
+    assert [s.in_flight for s in lb.stats()] == [0]
+    after = store.reserve(keys, 0, [], 10.0)
+    # The probe is back: granted, or refused until the 429's reset, but not "wait, a probe is out" (10 s).
+    assert after.granted if status == 200 else after.wait_s == pytest.approx(1.0, abs=0.1)
