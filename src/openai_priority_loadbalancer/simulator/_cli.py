@@ -196,8 +196,9 @@ def _counters(simulator: Simulator) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m openai_priority_loadbalancer.simulator",
-        description="Run simulated Azure OpenAI endpoints (chat completions, embeddings) with rate limits,\n"
-        "latency, streaming and failure modes. Without --instance or --config, runs three instances:\n"
+        description="Run simulated Azure OpenAI endpoints (chat completions, embeddings, responses,\n"
+        "conversations, files) with rate limits, latency, streaming and failure modes.\n"
+        "Each instance keeps its own stored objects. Without --instance or --config, runs three instances:\n"
         + "\n".join(f"  {config.name}: {_describe(config)}" for config in DEFAULT_INSTANCES),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -50,7 +50,8 @@ class InstanceConfig:
             none is given), counted when it is admitted, as Azure does. ``usage`` reports what
             was used; for a response that continues another (``previous_response_id``) its
             input includes the whole chain so far, as on Azure. Other Responses API requests
-            (retrieve, delete, ...) cost no tokens but count against ``requests_per_window``.
+            (retrieve, delete, ...), conversations and files cost no tokens but count against
+            ``requests_per_window``.
         latency_s: Delay before answering (non-streamed) or before a streamed answer starts:
             nothing, not even the status line and headers, is sent before it (a backend slow to
             start). Only admitted requests wait; errors, 429s and not-found answers are answered

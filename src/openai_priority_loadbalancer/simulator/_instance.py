@@ -18,9 +18,9 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ._protocol import Connection, Request
+from ._protocol import Connection, Request, parse_multipart
 from ._stats import Outcome, RequestRecord, StatsRecorder
-from ._stored import Answer, ObjectStore, ResponsePlan, response_events
+from ._stored import Answer, ObjectStore, Prepared, response_events
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -53,15 +53,26 @@ _STORED_ROUTES: dict[tuple[str, ...], dict[str, str]] = {
     ("responses", "*"): {"GET": "responses.retrieve", "DELETE": "responses.delete"},
     ("responses", "*", "input_items"): {"GET": "responses.input_items"},
     ("responses", "*", "cancel"): {"POST": "responses.cancel"},
+    ("conversations",): {"POST": "conversations.create"},
+    ("conversations", "*"): {
+        "GET": "conversations.retrieve",
+        "POST": "conversations.update",
+        "DELETE": "conversations.delete",
+    },
+    ("conversations", "*", "items"): {
+        "POST": "conversations.items.create",
+        "GET": "conversations.items.list",
+    },
+    ("conversations", "*", "items", "*"): {
+        "GET": "conversations.items.retrieve",
+        "DELETE": "conversations.items.delete",
+    },
+    ("files",): {"POST": "files.create", "GET": "files.list"},
+    ("files", "*"): {"GET": "files.retrieve", "DELETE": "files.delete"},
+    ("files", "*", "content"): {"GET": "files.content"},
 }
-# The operation names Azure puts in a 429's message.
-_OPERATION_NAMES = {
-    "responses.create": "Responses_Create",
-    "responses.retrieve": "Responses_Get",
-    "responses.delete": "Responses_Delete",
-    "responses.input_items": "Responses_ListInputItems",
-    "responses.cancel": "Responses_Cancel",
-}
+# Operations whose body must be a JSON object (others may send an empty body).
+_JSON_OPERATIONS = frozenset({"responses.create", "conversations.update", "conversations.items.create"})
 _JSON = ("content-type", "application/json")
 
 _MESSAGES = {
@@ -392,9 +403,9 @@ class InstanceRuntime:
         request: Request,
         arrival: float,
         methods: dict[str, str],
-        object_id: str | None,
+        ids: tuple[str, ...],
     ) -> Coroutine[Any, Any, None] | None:
-        """A request about stored objects: the Responses API."""
+        """A request about stored objects: responses, conversations, files."""
         config = self.config
         operation = methods.get(request.method)
         if operation is None:
@@ -403,43 +414,42 @@ class InstanceRuntime:
         if config.api_key is not None and not _authorized(request, config.api_key):
             self._reject(connection, request, arrival, 401, _error_body(401))
             return None
-        store = self.store
-        plan: ResponsePlan | None = None
-        missing: Answer | None = None
-        cost = 0
-        if operation == "responses.create":
-            body = self._json_object(connection, request, arrival)
-            if body is None:
+        body: dict[str, Any] = {}
+        if operation == "files.create":
+            form = parse_multipart(request.headers.get("content-type", ""), request.body)
+            if form is None:
+                self._reject(
+                    connection, request, arrival, 400, _invalid("The body must be multipart/form-data.")
+                )
                 return None
-            model = body.get("model")
-            if not isinstance(model, str) or not model:
-                self._reject(connection, request, arrival, 400, _invalid("'model' is a required property."))
+            body = {
+                name: (filename, content) if filename is not None else content.decode("utf-8", "replace")
+                for name, (filename, content) in form.items()
+            }
+        elif operation in _JSON_OPERATIONS or (request.method == "POST" and request.body.strip()):
+            parsed = self._json_object(connection, request, arrival)
+            if parsed is None:
                 return None
-            prepared = store.prepare_response(body, model)
-            if not isinstance(prepared, ResponsePlan):
-                self._reject(connection, request, arrival, prepared.status, prepared.body)
-                return None
-            plan = prepared
-            cost = plan.cost
-            missing = plan.missing
-        else:
-            assert object_id is not None
-            missing = store.response_missing(object_id)
-            if missing is None and operation == "responses.cancel":
-                refusal = store.cancel_refusal(object_id)
-                if refusal is not None:
-                    self._reject(connection, request, arrival, refusal.status, refusal.body)
-                    return None
+            body = parsed
+        if operation == "responses.create" and (not isinstance(body.get("model"), str) or not body["model"]):
+            self._reject(connection, request, arrival, 400, _invalid("'model' is a required property."))
+            return None
+        prepared = self.store.prepare(operation, ids, body, dict(parse_qsl(request.query)))
+        if not isinstance(prepared, Prepared):
+            self._reject(connection, request, arrival, prepared.status, prepared.body)
+            return None
+        plan = prepared.plan
+        missing = prepared.missing
         streaming = plan is not None and plan.stream and not plan.background
         admission = self._admit(
             config,
             arrival,
-            cost,
+            prepared.cost,
             deferred=missing is None and (streaming or config.latency_s > 0),
             outcome="served" if missing is None else "not_found",
         )
         if admission.throttled_by is not None:
-            self._throttle(connection, request, config, admission, arrival, _OPERATION_NAMES[operation])
+            self._throttle(connection, request, config, admission, arrival, _operation_name(operation))
             return None
         headers = _answer_headers(config, admission, arrival)
         if missing is not None:
@@ -449,23 +459,20 @@ class InstanceRuntime:
         if plan is not None:
             if streaming:
                 deltas = _stream_texts(config.name, config.stream_chunks)
-                payload = store.create_response(plan, now, text="".join(deltas))
+                payload = self.store.create_response(plan, now, text="".join(deltas))
                 headers[0] = ("content-type", "text/event-stream; charset=utf-8")
                 headers.append(("cache-control", "no-cache"))
                 return self._stream_response(connection, request, config, headers, payload, deltas)
             background_s = config.latency_s + (config.stream_chunks - 1) * config.stream_chunk_delay_s
-            payload = store.create_response(
+            payload = self.store.create_response(
                 plan, now, text=f"Simulated response from {config.name}.", background_s=background_s
             )
             answer = Answer(200, json.dumps(payload).encode())
-        elif operation == "responses.retrieve":
-            answer = store.retrieve_response(object_id or "", now)
-        elif operation == "responses.delete":
-            answer = store.delete_response(object_id or "")
-        elif operation == "responses.cancel":
-            answer = store.cancel_response(object_id or "", now)
         else:
-            answer = store.input_items(object_id or "", dict(parse_qsl(request.query)))
+            assert prepared.run is not None
+            answer = prepared.run(now)
+        if operation == "files.content":
+            headers[0] = ("content-type", "application/octet-stream")
         if config.latency_s > 0:
             return self._delayed(connection, request, config.latency_s, headers, answer.body, answer.status)
         connection.send(request, answer.status, headers, answer.body)
@@ -726,21 +733,32 @@ def _answer_headers(config: InstanceConfig, admission: _Admission, now: float) -
     return headers
 
 
-def _stored_route(path: str) -> tuple[dict[str, str], str | None] | None:
-    """The methods of a stored-object path and the object id it names; ``None`` if it is none."""
+def _stored_route(path: str) -> tuple[dict[str, str], tuple[str, ...]] | None:
+    """The methods of a stored-object path and the ids it names; ``None`` if it is none."""
     for prefix in _STORED_PREFIXES:
         if path.startswith(prefix):
             segments = path[len(prefix) :].split("/")
             break
     else:
         return None
-    if len(segments) > 1 and not segments[1]:
+    ids = tuple(segments[1::2])
+    if not all(ids):
         return None
-    shape = tuple("*" if index == 1 else segment for index, segment in enumerate(segments))
+    shape = tuple("*" if index % 2 else segment for index, segment in enumerate(segments))
     methods = _STORED_ROUTES.get(shape)
     if methods is None:
         return None
-    return methods, segments[1] if len(segments) > 1 else None
+    return methods, ids
+
+
+def _operation_name(operation: str) -> str:
+    """The name Azure gives an operation in a 429's message, such as ``Responses_Create``."""
+    kind, _, action = operation.rpartition(".")
+    noun = "".join(part.capitalize() for part in kind.split("."))
+    verb = {"retrieve": "Get", "list": "List", "input_items": "ListInputItems"}.get(
+        action, action.capitalize()
+    )
+    return f"{noun}_{verb}"
 
 
 def _chunk(data: bytes) -> bytes:

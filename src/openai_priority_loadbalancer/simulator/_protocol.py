@@ -9,6 +9,8 @@ go out in order.
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import functools
 import json
 import logging
@@ -16,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any
 
-__all__ = ["Connection", "Handler", "Request"]
+__all__ = ["Connection", "Handler", "Request", "parse_multipart"]
 
 logger = logging.getLogger("openai-priority-loadbalancer.simulator")
 
@@ -347,3 +349,23 @@ def _error_response(request: Request, status: int, message: str) -> bytes:
     body = json.dumps({"error": {"code": str(status), "message": message}}).encode()
     framing = f"content-length: {len(body)}\r\n"
     return _head(request, status, [("content-type", "application/json")], framing) + body
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]] | None:
+    """The fields of a ``multipart/form-data`` body: name -> (filename or ``None``, bytes).
+
+    ``None`` if the body is not a well-formed form (wrong content type, no boundary, no field).
+    """
+    if not content_type.lower().startswith("multipart/form-data"):
+        return None
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart() or message.defects:
+        return None
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields[name] = (part.get_filename(), payload)
+    return fields or None

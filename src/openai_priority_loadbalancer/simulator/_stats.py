@@ -44,10 +44,10 @@ class InstanceStats:
         unauthorized: Requests answered with a 401.
         rejected: Requests answered with another 4xx (bad JSON, unknown path, ...).
         not_found: Requests that named a stored object this instance does not hold (a response,
-            by path or ``previous_response_id``), answered with a 404 or a 400 such as
-            ``previous_response_not_found``. They pass the rate limiter first, as on Azure: a
-            throttled one is counted as throttled, an admitted one uses up one request of the
-            window and its token cost, and is not counted as served.
+            conversation, file or item, by path or in the body), answered with a 404 or a 400
+            ``previous_response_not_found`` or ``invalid_encrypted_content``. They pass the rate
+            limiter first, as on Azure: a throttled one is counted as throttled, an admitted one
+            uses up one request of the window and its token cost, and is not counted as served.
         in_flight: Requests read but not answered yet (including hung ones).
         tokens: Tokens charged to the budget by admitted requests.
         window_s: The rate-limit window length.

@@ -1,4 +1,4 @@
-"""What one instance keeps, as an Azure OpenAI resource does: its responses (the Responses API).
+"""What one instance keeps, as an Azure OpenAI resource does: responses, conversations, files.
 
 Pure: no I/O, no clock of its own (the caller passes ``time.time()``), no locks (only the
 simulator's loop touches a store). Each request is first *prepared* (validated and looked up,
@@ -7,11 +7,18 @@ nothing changed) so that the instance can admit or throttle it, then *executed*.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import json
 import math
 import os
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_TOKENS",
@@ -19,6 +26,7 @@ __all__ = [
     "Answer",
     "Missing",
     "ObjectStore",
+    "Prepared",
     "ResponsePlan",
     "invalid",
     "response_events",
@@ -31,7 +39,10 @@ DEFAULT_MAX_OUTPUT_TOKENS = 16
 MAX_STORED = 50_000
 """How many objects of each kind an instance keeps; beyond that the oldest are forgotten."""
 
-_ITEMS_DEFAULT_LIMIT = 20
+MAX_CONVERSATION_ITEMS = 20
+"""How many items ``POST /conversations`` and ``POST /conversations/{id}/items`` take at once."""
+
+FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 
 
 def text_tokens(text: str) -> int:
@@ -70,6 +81,67 @@ def _response_not_found(response_id: str) -> Missing:
     return Missing(404, invalid(f"Response with id '{response_id}' not found."))
 
 
+def _conversation_not_found(conversation_id: str, param: str | None = None) -> Missing:
+    return Missing(404, invalid(f"Conversation with id '{conversation_id}' not found.", param=param))
+
+
+def _item_not_found(item_id: str) -> Missing:
+    return Missing(
+        404,
+        invalid(
+            f"Item with id '{item_id}' not found. Items are not persisted when `store` is set to false. "
+            "Try again with `store` set to true, or remove this item from your input.",
+            param="input",
+        ),
+    )
+
+
+def _file_not_found(file_id: str) -> Missing:
+    return Missing(404, invalid(f"No such File object: {file_id}", param="id"))
+
+
+class Prepared:
+    """A validated request, looked up but not yet executed.
+
+    Attributes:
+        cost: Tokens to charge at admission.
+        missing: The not-found answer when the request names an object this instance does not
+            hold (answered instead of running it).
+        run: Executes the request (called once, after admission, with ``time.time()``).
+        plan: For ``POST /responses``, the plan the instance executes itself (it may stream).
+    """
+
+    __slots__ = ("cost", "missing", "plan", "run")
+
+    def __init__(
+        self,
+        run: Callable[[float], Answer] | None = None,
+        *,
+        missing: Missing | None = None,
+        plan: ResponsePlan | None = None,
+    ) -> None:
+        self.run = run
+        self.missing = missing
+        self.plan = plan
+        self.cost = 0 if plan is None else plan.cost
+
+
+class _Conversation:
+    __slots__ = ("items", "payload")
+
+    def __init__(self, payload: dict[str, Any], items: list[dict[str, Any]]) -> None:
+        self.payload = payload
+        self.items = items
+
+
+class _File:
+    __slots__ = ("content", "payload")
+
+    def __init__(self, payload: dict[str, Any], content: bytes) -> None:
+        self.payload = payload
+        self.content = content
+
+
 class _StoredResponse:
     __slots__ = ("background_until", "context_tokens", "input_items", "payload")
 
@@ -98,7 +170,9 @@ class ResponsePlan:
     __slots__ = (
         "background",
         "body",
+        "conversation",
         "cost",
+        "encrypted_reasoning",
         "input_items",
         "input_tokens",
         "max_output_tokens",
@@ -117,6 +191,9 @@ class ResponsePlan:
         self.background = body.get("background") is True
         self.missing: Missing | None = None
         self.previous: _StoredResponse | None = None
+        self.conversation: _Conversation | None = None
+        include = body.get("include")
+        self.encrypted_reasoning = isinstance(include, list) and "reasoning.encrypted_content" in include
         self.input_items: list[dict[str, Any]] = []
         self.input_tokens = 0
         self.max_output_tokens = DEFAULT_MAX_OUTPUT_TOKENS
@@ -128,14 +205,60 @@ class ObjectStore:
 
     def __init__(self) -> None:
         self.responses: OrderedDict[str, _StoredResponse] = OrderedDict()
-
-    def clear(self) -> None:
-        """Forget every object."""
-        self.responses.clear()
+        self.conversations: OrderedDict[str, _Conversation] = OrderedDict()
+        self.files: OrderedDict[str, _File] = OrderedDict()
+        self.items: OrderedDict[str, dict[str, Any]] = OrderedDict()  # every item kept, by id
+        self._key = os.urandom(32)  # seals this instance's encrypted reasoning
 
     def holds(self, object_id: str) -> bool:
-        """Whether this instance keeps an object with that id."""
-        return object_id in self.responses
+        """Whether this instance keeps an object (response, conversation, file or item) with that id."""
+        return any(object_id in kind for kind in (self.responses, self.conversations, self.files, self.items))
+
+    # -- dispatch --------------------------------------------------------------------------
+    def prepare(
+        self, operation: str, ids: tuple[str, ...], body: dict[str, Any], query: dict[str, str]
+    ) -> Prepared | Answer:
+        """Validate a request and look up what it names, changing nothing.
+
+        ``body`` is the JSON object (or, for ``files.create``, the form fields: ``purpose`` as a
+        str and ``file`` as a (filename, bytes) tuple); an `Answer` is a refusal (a 400) to
+        send before admission.
+        """
+        first = ids[0] if ids else ""
+        if operation == "responses.create":
+            plan = self.prepare_response(body, body.get("model") or "")
+            return plan if isinstance(plan, Answer) else Prepared(plan=plan, missing=plan.missing)
+        if operation.startswith("responses."):
+            missing = self.response_missing(first)
+            if missing is not None:
+                return Prepared(missing=missing)
+            if operation == "responses.cancel":
+                refusal = self.cancel_refusal(first)
+                return refusal or Prepared(lambda now: self.cancel_response(first, now))
+            if operation == "responses.retrieve":
+                return Prepared(lambda now: self.retrieve_response(first, now))
+            if operation == "responses.delete":
+                return Prepared(lambda now: self.delete_response(first))
+            return Prepared(lambda now: self.input_items(first, query))
+        if operation == "conversations.create":
+            return self._prepare_conversation(body)
+        if operation.startswith("conversations."):
+            conversation = self.conversations.get(first)
+            if conversation is None:
+                return Prepared(missing=_conversation_not_found(first))
+            return self._prepare_on_conversation(operation, conversation, ids, body, query)
+        if operation == "files.create":
+            return self._prepare_file(body)
+        if operation == "files.list":
+            return Prepared(lambda now: self._list_files(query))
+        stored_file = self.files.get(first)
+        if stored_file is None:
+            return Prepared(missing=_file_not_found(first))
+        if operation == "files.retrieve":
+            return Prepared(lambda now: Answer(200, json.dumps(stored_file.payload).encode()))
+        if operation == "files.content":
+            return Prepared(lambda now: Answer(200, stored_file.content))
+        return Prepared(lambda now: self._delete_file(first))
 
     def response_missing(self, response_id: str) -> Missing | None:
         """The 404 for a response this instance does not hold; ``None`` if it holds it."""
@@ -173,6 +296,23 @@ class ObjectStore:
             return Answer(400, invalid("'input' must be a string or a list of input items.", param="input"))
         if plan.background and not plan.store:
             return Answer(400, invalid("Background mode requires 'store' to be true.", param="background"))
+        conversation_id = body.get("conversation")
+        if isinstance(conversation_id, dict):
+            conversation_id = conversation_id.get("id")
+        if conversation_id is not None and (not isinstance(conversation_id, str) or not conversation_id):
+            return Answer(
+                400, invalid("'conversation' must be an id or an object with an id.", param="conversation")
+            )
+        if conversation_id is not None and body.get("previous_response_id") is not None:
+            return Answer(
+                400,
+                invalid(
+                    "Mutually exclusive parameters: Ensure you are only providing one of: "
+                    "'previous_response_id' or 'conversation'.",
+                    param="conversation",
+                ),
+            )
+        plan.missing = self._resolve_input(items)
         plan.input_items = items
         prompt = sum(_item_tokens(item) for item in items)
         if isinstance(instructions, str) and instructions:
@@ -187,7 +327,7 @@ class ObjectStore:
                 )
             plan.previous = self.responses.get(previous_id)
             if plan.previous is None:
-                plan.missing = Missing(
+                plan.missing = plan.missing or Missing(
                     400,
                     invalid(
                         f"Previous response with id '{previous_id}' not found.",
@@ -197,7 +337,63 @@ class ObjectStore:
                 )
             else:
                 plan.input_tokens += plan.previous.context_tokens
+        if isinstance(conversation_id, str):
+            plan.conversation = self.conversations.get(conversation_id)
+            if plan.conversation is None:
+                plan.missing = plan.missing or _conversation_not_found(conversation_id, "conversation")
+            else:
+                plan.input_tokens += sum(_item_tokens(item) for item in plan.conversation.items)
         return plan
+
+    def _resolve_input(self, items: list[dict[str, Any]]) -> Missing | None:
+        """Check what input items name (in place: a reference becomes the item it names).
+
+        An ``item_reference``, or a reasoning item without its ``encrypted_content``, must name
+        an item this instance keeps (404 otherwise); encrypted reasoning must have been sealed
+        here (400 ``invalid_encrypted_content`` otherwise); an ``input_file`` must name a file
+        kept here (404 otherwise). Other items are taken as given, ids or not.
+        """
+        for index, item in enumerate(items):
+            kind = item.get("type")
+            item_id = item.get("id")
+            sealed = item.get("encrypted_content")
+            if kind == "reasoning" and sealed is not None:
+                if not self._verify(sealed):
+                    return Missing(
+                        400,
+                        invalid(
+                            f"The encrypted content for item {item_id or 'in the input'} could not be "
+                            "verified.",
+                            code="invalid_encrypted_content",
+                        ),
+                    )
+            elif kind in ("item_reference", "reasoning"):
+                kept = self.items.get(item_id) if isinstance(item_id, str) else None
+                if kept is None:
+                    return _item_not_found(str(item_id))
+                if kind == "item_reference":
+                    items[index] = kept
+            content = item.get("content")
+            for part in content if isinstance(content, list) else ():
+                if isinstance(part, dict) and part.get("type") == "input_file":
+                    file_id = part.get("file_id")
+                    if isinstance(file_id, str) and file_id not in self.files:
+                        return _file_not_found(file_id)
+        return None
+
+    def _seal(self) -> str:
+        nonce = os.urandom(16)
+        return base64.b64encode(nonce + hmac.new(self._key, nonce, hashlib.sha256).digest()[:16]).decode()
+
+    def _verify(self, sealed: object) -> bool:
+        if not isinstance(sealed, str):
+            return False
+        try:
+            raw = base64.b64decode(sealed, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        expected = hmac.new(self._key, raw[:16], hashlib.sha256).digest()[:16]
+        return len(raw) == 32 and hmac.compare_digest(raw[16:], expected)
 
     def create_response(
         self, plan: ResponsePlan, now: float, *, text: str, background_s: float = 0.0
@@ -210,7 +406,12 @@ class ObjectStore:
         """
         body = plan.body
         response_id = new_id("resp_")
-        message_id = new_id("msg_")
+        output: list[dict[str, Any]] = []
+        if plan.encrypted_reasoning:
+            output.append(
+                {"id": new_id("rs_"), "type": "reasoning", "summary": [], "encrypted_content": self._seal()}
+            )
+        output.append(_output_message(new_id("msg_"), text))
         output_tokens = min(plan.max_output_tokens, text_tokens(text))
         payload: dict[str, Any] = {
             "id": response_id,
@@ -225,7 +426,7 @@ class ObjectStore:
             "max_output_tokens": body.get("max_output_tokens"),
             "metadata": body.get("metadata") if isinstance(body.get("metadata"), dict) else {},
             "model": plan.model,
-            "output": [_output_message(message_id, text)],
+            "output": output,
             "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
             "previous_response_id": body.get("previous_response_id"),
             "reasoning": {"effort": None, "summary": None},
@@ -239,19 +440,25 @@ class ObjectStore:
             "truncation": body.get("truncation", "disabled"),
             "usage": _usage(plan.input_tokens, output_tokens),
             "user": body.get("user"),
-            "conversation": None,
+            "conversation": None if plan.conversation is None else {"id": plan.conversation.payload["id"]},
         }
+        if plan.conversation is not None:  # its items are kept with the conversation, whatever `store` says
+            plan.conversation.items.extend(plan.input_items + output)
+            self._keep_items(plan.input_items + output)
         if plan.store:
             stored = _StoredResponse(payload, plan.input_items, plan.input_tokens + output_tokens)
-            self.responses[response_id] = stored
-            while len(self.responses) > MAX_STORED:
-                self.responses.popitem(last=False)
+            _keep(self.responses, response_id, stored)
+            self._keep_items(plan.input_items + output)
             if plan.background:
                 stored.background_until = now + background_s
                 return _pending(payload, "queued")
             if plan.stream:
                 stored.payload = _pending(payload, "in_progress")
         return payload
+
+    def _keep_items(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            _keep(self.items, item["id"], item)
 
     def finish_response(self, response_id: str, payload: dict[str, Any]) -> None:
         """A streamed response is complete: keep its final form (if it is kept at all)."""
@@ -293,6 +500,125 @@ class ObjectStore:
             return _response_not_found(response_id)
         return _item_list(stored.input_items, query)
 
+    # -- /conversations --------------------------------------------------------------------
+    def _prepare_conversation(self, body: dict[str, Any]) -> Prepared | Answer:
+        items = _conversation_items(body.get("items"))
+        if isinstance(items, Answer):
+            return items
+        metadata = body.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            return Answer(400, invalid("'metadata' must be an object.", param="metadata"))
+        missing = self._resolve_input(items)
+        if missing is not None:
+            return Prepared(missing=missing)
+
+        def run(now: float) -> Answer:
+            conversation_id = new_id("conv_")
+            payload = {"id": conversation_id, "object": "conversation", "created_at": int(now)}
+            payload["metadata"] = metadata or {}
+            _keep(self.conversations, conversation_id, _Conversation(payload, items))
+            self._keep_items(items)
+            return Answer(200, json.dumps(payload).encode())
+
+        return Prepared(run)
+
+    def _prepare_on_conversation(
+        self,
+        operation: str,
+        conversation: _Conversation,
+        ids: tuple[str, ...],
+        body: dict[str, Any],
+        query: dict[str, str],
+    ) -> Prepared | Answer:
+        conversation_id = conversation.payload["id"]
+        if operation == "conversations.retrieve":
+            return Prepared(lambda now: Answer(200, json.dumps(conversation.payload).encode()))
+        if operation == "conversations.update":
+            metadata = body.get("metadata")
+            if not isinstance(metadata, dict):
+                return Answer(400, invalid("'metadata' is a required object.", param="metadata"))
+
+            def update(now: float) -> Answer:
+                conversation.payload = {**conversation.payload, "metadata": metadata}
+                return Answer(200, json.dumps(conversation.payload).encode())
+
+            return Prepared(update)
+        if operation == "conversations.delete":
+
+            def delete(now: float) -> Answer:
+                self.conversations.pop(conversation_id, None)
+                deleted = {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+                return Answer(200, json.dumps(deleted).encode())
+
+            return Prepared(delete)
+        if operation == "conversations.items.list":
+            return Prepared(lambda now: _item_list(conversation.items, query))
+        if operation == "conversations.items.create":
+            items = _conversation_items(body.get("items"), required=True)
+            if isinstance(items, Answer):
+                return items
+            missing = self._resolve_input(items)
+            if missing is not None:
+                return Prepared(missing=missing)
+
+            def add(now: float) -> Answer:
+                conversation.items.extend(items)
+                self._keep_items(items)
+                return _item_list(items, {"order": "asc", "limit": "100"})
+
+            return Prepared(add)
+        item_id = ids[1]
+        position = next((n for n, item in enumerate(conversation.items) if item["id"] == item_id), None)
+        if position is None:
+            return Prepared(missing=Missing(404, invalid(f"Item with id '{item_id}' not found.")))
+        if operation == "conversations.items.retrieve":
+            item = conversation.items[position]
+            return Prepared(lambda now: Answer(200, json.dumps(item).encode()))
+
+        def remove(now: float) -> Answer:
+            conversation.items = [item for item in conversation.items if item["id"] != item_id]
+            return Answer(200, json.dumps(conversation.payload).encode())
+
+        return Prepared(remove)
+
+    # -- /files ----------------------------------------------------------------------------
+    def _prepare_file(self, form: dict[str, Any]) -> Prepared | Answer:
+        purpose = form.get("purpose")
+        upload = form.get("file")
+        if purpose not in FILE_PURPOSES:
+            return Answer(
+                400, invalid(f"'purpose' must be one of {', '.join(FILE_PURPOSES)}.", param="purpose")
+            )
+        if not isinstance(upload, tuple):
+            return Answer(400, invalid("'file' is a required property.", param="file"))
+        filename, content = upload
+
+        def run(now: float) -> Answer:
+            payload = {
+                "id": new_id("file-"),
+                "object": "file",
+                "bytes": len(content),
+                "created_at": int(now),
+                "expires_at": None,
+                "filename": filename or "upload",
+                "purpose": purpose,
+                "status": "processed",
+                "status_details": None,
+            }
+            _keep(self.files, payload["id"], _File(payload, content))
+            return Answer(200, json.dumps(payload).encode())
+
+        return Prepared(run)
+
+    def _list_files(self, query: dict[str, str]) -> Answer:
+        purpose = query.get("purpose")
+        files = [kept.payload for kept in self.files.values() if purpose in (None, kept.payload["purpose"])]
+        return _item_list(files, query, default_limit=10_000, max_limit=10_000)
+
+    def _delete_file(self, file_id: str) -> Answer:
+        self.files.pop(file_id, None)
+        return Answer(200, json.dumps({"id": file_id, "object": "file", "deleted": True}).encode())
+
     def _refreshed(self, response_id: str, now: float) -> _StoredResponse | None:
         stored = self.responses.get(response_id)
         if stored is not None and stored.background_until is not None and now >= stored.background_until:
@@ -308,18 +634,24 @@ def response_events(payload: dict[str, Any], deltas: list[str]) -> list[dict[str
     ``in_progress`` and without output. The text deltas are the ``response.output_text.delta``
     events, one per entry of ``deltas``.
     """
-    message = payload["output"][0]
+    *others, message = payload["output"]
+    index = len(others)
     item_id = message["id"]
     text = message["content"][0]["text"]
     pending = _pending(payload, "in_progress")
-    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    where = {"item_id": item_id, "output_index": index, "content_index": 0}
     empty_part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
     events: list[dict[str, Any]] = [
         {"type": "response.created", "response": pending},
         {"type": "response.in_progress", "response": pending},
+    ]
+    for number, item in enumerate(others):
+        events.append({"type": "response.output_item.added", "output_index": number, "item": item})
+        events.append({"type": "response.output_item.done", "output_index": number, "item": item})
+    events += [
         {
             "type": "response.output_item.added",
-            "output_index": 0,
+            "output_index": index,
             "item": {
                 "id": item_id,
                 "type": "message",
@@ -336,12 +668,31 @@ def response_events(payload: dict[str, Any], deltas: list[str]) -> list[dict[str
     events += [
         {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
         {"type": "response.content_part.done", **where, "part": message["content"][0]},
-        {"type": "response.output_item.done", "output_index": 0, "item": message},
+        {"type": "response.output_item.done", "output_index": index, "item": message},
         {"type": "response.completed", "response": payload},
     ]
     for number, event in enumerate(events):
         event["sequence_number"] = number
     return events
+
+
+def _keep(kind: OrderedDict[str, Any], key: str, value: object) -> None:
+    kind[key] = value
+    while len(kind) > MAX_STORED:
+        kind.popitem(last=False)
+
+
+def _conversation_items(value: object, *, required: bool = False) -> list[dict[str, Any]] | Answer:
+    if value is None and not required:
+        return []
+    items = _input_items(value) if isinstance(value, list) else None
+    if items is None or (required and not items):
+        return Answer(400, invalid("'items' must be a list of items.", param="items"))
+    if len(items) > MAX_CONVERSATION_ITEMS:
+        return Answer(
+            400, invalid(f"'items' takes at most {MAX_CONVERSATION_ITEMS} items at once.", param="items")
+        )
+    return items
 
 
 def _pending(payload: dict[str, Any], status: str) -> dict[str, Any]:
@@ -418,13 +769,16 @@ def _item_tokens(item: dict[str, Any]) -> int:
     return math.ceil(chars / 4) + 1
 
 
-def _item_list(items: list[dict[str, Any]], query: dict[str, str]) -> Answer:
+def _item_list(
+    items: list[dict[str, Any]], query: dict[str, str], *, default_limit: int = 20, max_limit: int = 100
+) -> Answer:
+    """A page of ``items`` (oldest first) as ``limit``, ``order`` (default ``desc``) and ``after`` ask."""
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         return Answer(400, invalid("'order' must be 'asc' or 'desc'.", param="order"))
-    limit_text = query.get("limit", str(_ITEMS_DEFAULT_LIMIT))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
-        return Answer(400, invalid("'limit' must be an integer from 1 to 100.", param="limit"))
+    limit_text = query.get("limit", str(default_limit))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= max_limit:
+        return Answer(400, invalid(f"'limit' must be an integer from 1 to {max_limit}.", param="limit"))
     ordered = items if order == "asc" else items[::-1]
     after = query.get("after")
     if after:
