@@ -47,12 +47,17 @@ from ._store import UNMETERED_S, BudgetReport, BudgetStore, Reason, SharedState,
 if TYPE_CHECKING:
     from ._http import HttpLib, Request, Response
 
-__all__ = ["Attempt", "BackendStats", "BaseLoadBalancer", "Routing", "EXTENSION"]
+__all__ = ["Attempt", "BackendStats", "BaseLoadBalancer", "Routing", "EXTENSION", "FIRST_BYTE_TIMEOUT"]
 
 logger = logging.getLogger("openai-priority-loadbalancer")
 
 #: Key of ``response.extensions`` under which every response carries its :class:`Routing`.
 EXTENSION: Final = "openai_priority_loadbalancer"
+#: Key of ``request.extensions`` that sets ``first_byte_timeout_s`` for one request (None: off for it).
+FIRST_BYTE_TIMEOUT: Final = "first_byte_timeout_s"
+#: ``Attempt.error`` and ``FailedEvent.cause`` of an attempt given up for not answering within its
+#: first-byte deadline.
+SLOW: Final = "FirstByteTimeout"
 
 # Actions the flow yields to the transport loop.
 # value: (the attempt's request, its backend's index); the loop sends back the response or throws the error
@@ -100,7 +105,8 @@ class Attempt:
     status: int | None
     """The backend's status code, or None when it raised."""
     error: str | None
-    """The error's type name when the backend raised (``"ConnectError"``, ...), else None."""
+    """The error's type name when the backend raised (``"ConnectError"``, ...), ``"FirstByteTimeout"``
+    when the attempt was given up for not answering within its first-byte deadline, else None."""
     elapsed_s: float
 
 
@@ -146,6 +152,17 @@ class BaseLoadBalancer:
         affinity_max_objects: how many objects' owners this balancer remembers (about 90 bytes each).
         affinity_ttl_s: how long a state store keeps an owner (default 30 days, as Azure keeps a
             stored response).
+        first_byte_timeout_s: a deadline for a streamed request's attempts (``"stream": true`` in
+            its JSON body): a backend that has not begun answering (sent the first byte of its
+            response's status line) within it is given up, its breaker opens as for a connection
+            error, and the request goes to the next backend. Off (None) by default; one request may
+            set its own through ``request.extensions["first_byte_timeout_s"]`` (a number, or None
+            for none). It never applies to a non-streamed request (its answer starts only when the
+            whole completion is done), nor to one that names a stored object (only the backend
+            holding it can answer), nor beyond the request's own read timeout, nor to the last
+            backend the request can go to now; and once the headers have come, the body is read
+            with the request's own read timeout, so nothing that reached the caller is cut or
+            replayed.
 
     Raises:
         TypeError: ``backends`` is not a list of :class:`Backend`.
@@ -171,6 +188,7 @@ class BaseLoadBalancer:
         affinity: bool = True,
         affinity_max_objects: int = _affinity.DEFAULT_MAX_OBJECTS,
         affinity_ttl_s: float = _affinity.DEFAULT_OWNER_TTL_S,
+        first_byte_timeout_s: float | None = None,
     ) -> None:
         self.backends = _validated(backends)
         max_objects, owner_ttl_s = _affinity.checked_options(affinity_max_objects, affinity_ttl_s)
@@ -193,6 +211,7 @@ class BaseLoadBalancer:
             not isinstance(backend_header, str) or not _TOKEN_CHARS.fullmatch(backend_header)
         ):
             raise ValueError(f"backend_header must be a header name, got {backend_header!r}")
+        self._first_byte_s = _first_byte_seconds("first_byte_timeout_s", first_byte_timeout_s)
         self._on_event = on_event
         self._store = state
         # With a store that shares budgets, each attempt reserves one of its backend's requests.
@@ -261,6 +280,14 @@ class BaseLoadBalancer:
         pin: Pin | None = self._affinity.examine(request) if self._affinity is not None else None
         if pin is not None and (lookup := pin.lookup()) is not None:
             pin.adopt((yield (SHARE, lookup)))
+        # A streamed request's first-byte deadline: (seconds, the caller's timeouts, its read timeout).
+        # None for a request naming a stored object: only the backend holding it can answer.
+        first_byte_s = request.extensions.get(FIRST_BYTE_TIMEOUT, self._first_byte_s)
+        first_byte = (
+            None
+            if first_byte_s is None or (pin is not None and pin.bound)
+            else _first_byte_limit(request, first_byte_s)
+        )
         while True:
             if loads:
                 self._merge_shared((yield (SHARE, ("load", (self._shared_keys,)))))
@@ -316,6 +343,8 @@ class BaseLoadBalancer:
                 if shared_probe:
                     yield self._end_probe(state)
                 raise
+            # The attempt's own timeouts, with the deadline as its read timeout until the headers come.
+            limited = None if first_byte is None else self._limit_first_byte(attempt, first_byte, now, tried)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "attempt backend=%s priority=%d method=%s path=%s",
@@ -334,15 +363,21 @@ class BaseLoadBalancer:
                     raise  # the owner of the object named failed: no other backend can answer
                 continue
             except lib.silent_errors as exc:
-                _, share = self._on_error(state, probe, exc, now)
+                slow = limited is not None and isinstance(exc, lib.ReadTimeout)
+                record, share = self._on_error(state, probe, exc, now, SLOW if slow else None)
                 yield from self._settle(state, shared_probe, [share] if share is not None else None)
-                raise
+                if not slow:
+                    raise
+                attempts.append(record)  # no byte came: the request goes to the next backend
+                continue
             except BaseException as exc:
                 self._release(state, probe, now)
                 if shared_probe:  # it ends unanswered: let the next request probe, not in 10 s
                     yield self._end_probe(state)
                 _scrub_credentials(exc, attempt)
                 raise
+            if limited is not None:  # the headers came in time: the body is read with the caller's timeout
+                limited[0]["read"] = limited[1]
             elapsed = self._clock() - now
             attempts.append(Attempt(backend.id, response.status_code, None, elapsed))
             keep, shares = self._on_response(state, probe, seq, response, now)
@@ -482,6 +517,27 @@ class BaseLoadBalancer:
                 self._set_aside(state, now, wait_s, "exhausted", "shared budget")
         if set_aside and self._on_event is not None:
             self._emit(SetAsideEvent(self._wall_clock(), state.backend.id, "exhausted", wait_s, True))
+
+    def _limit_first_byte(
+        self, attempt: Request, first_byte: tuple[float, dict[str, Any], Any], now: float, tried: set[int]
+    ) -> tuple[dict[str, Any], Any] | None:
+        """Give ``attempt`` its own timeouts, the first-byte deadline as their read timeout; return them
+        and the caller's read timeout, or None (the attempt keeps the caller's timeouts).
+
+        Not when no other backend could take the request now: the last one left is waited for as
+        long as the caller's own timeout allows. HTTP cores read the read timeout from the request's
+        extensions when they read the response's headers, and again when the body's first read
+        starts: the flow puts the caller's back into the returned dict once the headers have come.
+        """
+        if not any(
+            s.index not in tried and now >= s.cooling_until and not (s.probing and s.failures)
+            for s in self._states
+        ):
+            return None
+        seconds, timeouts, read = first_byte
+        limited = {**timeouts, "read": seconds}
+        attempt.extensions["timeout"] = limited
+        return limited, read
 
     # ------------------------------------------------------------------ choosing
 
@@ -799,19 +855,23 @@ class BaseLoadBalancer:
         return None
 
     def _on_error(
-        self, state: BackendState, probe: bool, exc: BaseException, started: float
+        self, state: BackendState, probe: bool, exc: BaseException, started: float, cause: str | None = None
     ) -> tuple[Attempt, Share | None]:
+        """Record an attempt that raised ``exc`` (``cause``: what it is called, if not its type name)."""
         now = self._clock()
         share: Share | None = None
+        what = type(exc).__name__ if cause is None else cause
         with self._lock:
             state.end_attempt(probe)
             state.probe_first = False
-            event = self._fail(state, now, 0.0, type(exc).__name__, started)
+            if cause == SLOW:
+                state.slow += 1
+            event = self._fail(state, now, 0.0, what, started)
             if self._store is not None:
                 share = self._set_aside_record(state, "failed", event.cooldown_s)
         if self._on_event is not None:
             self._emit(event)
-        return Attempt(state.backend.id, None, type(exc).__name__, now - started), share
+        return Attempt(state.backend.id, None, what, now - started), share
 
     def _release(self, state: BackendState, probe: bool, started: float) -> None:
         """Undo the in-flight count of an attempt that ended for a reason that is not the backend's."""
@@ -961,6 +1021,33 @@ def _unavailable(count: int, among: Sequence[BackendState] | None) -> str:
     if among is not None and len(among) == 1:
         return "The backend holding the stored object this request names is rate limited or unavailable."
     return f"All {len(among or ()) or count} backends are rate limited or unavailable."
+
+
+def _first_byte_seconds(name: str, value: object) -> float | None:
+    """A first-byte deadline, checked: None, or a finite number of seconds > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number or None, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}")
+    return float(value)
+
+
+def _first_byte_limit(request: Request, seconds: object) -> tuple[float, dict[str, Any], Any] | None:
+    """The first-byte deadline of ``request``: (seconds, its timeouts, its read timeout), or None when
+    it has none: the request is not streamed, or its own read timeout comes first."""
+    seconds = _first_byte_seconds(f"request.extensions[{FIRST_BYTE_TIMEOUT!r}]", seconds)
+    content = request.content
+    if seconds is None or (b'"stream":true' not in content and b'"stream": true' not in content):
+        return None
+    timeouts = request.extensions.get("timeout")
+    if not isinstance(timeouts, dict):
+        timeouts = {}
+    read = timeouts.get("read")
+    if isinstance(read, int | float) and read <= seconds:
+        return None
+    return seconds, timeouts, read
 
 
 def _rewrite_deployment(raw_path: bytes, deployments: Mapping[str, str]) -> bytes:

@@ -76,7 +76,9 @@ class FailedEvent:
     """``backend`` failed (``cause``: the status, e.g. ``"503"``, or the error type, e.g. ``"ConnectError"``).
 
     Its breaker is open for ``cooldown_s``. The request fails over, except on a read or write timeout,
-    which reaches the caller.
+    which reaches the caller. ``cause`` ``"FirstByteTimeout"``: a streamed request's attempt was given
+    up for not answering within its first-byte deadline (``first_byte_timeout_s``), and the request
+    failed over.
     """
 
     kind: ClassVar[Literal["failed"]] = "failed"

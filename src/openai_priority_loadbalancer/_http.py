@@ -47,6 +47,8 @@ class HttpLib:
     # The backend accepted the request and then went silent: it is set aside, and the error goes
     # back to the caller (who may retry), since the backend may have acted on the request.
     silent_errors: tuple[type[BaseException], ...]
+    # The read timeout: no byte came within the request's ``timeout["read"]``.
+    ReadTimeout: type[BaseException]
 
     @property
     def name(self) -> str:
@@ -63,6 +65,7 @@ def _make(module: ModuleType) -> HttpLib:
         Headers=m.Headers,
         failover_errors=(m.ConnectError, m.ConnectTimeout, m.RemoteProtocolError, m.ReadError, m.WriteError),
         silent_errors=(m.ReadTimeout, m.WriteTimeout),
+        ReadTimeout=m.ReadTimeout,
     )
 
 

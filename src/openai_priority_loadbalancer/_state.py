@@ -45,6 +45,7 @@ class BackendState:
         "report_seq",
         "requests",
         "sent",
+        "slow",
         "successes",
         "throttle_streak",
         "throttled",
@@ -88,6 +89,8 @@ class BackendState:
         self.throttle_streak = 0
         self.throttled_at = -math.inf
         self.failed = 0
+        #: Attempts given up because the backend had not begun answering within the first-byte deadline.
+        self.slow = 0
         #: The last LATENCY_WINDOW latencies (seconds), a ring: a flat array of doubles, no objects.
         self.latencies = array("d")
         self.latency_count = 0

@@ -39,6 +39,8 @@ class BackendStats:
     pinned: int = 0
     """Answers to requests sent here only, because they name a stored object it holds (Responses
     API chains, conversations, files, ...)."""
+    slow: int = 0
+    """Attempts given up for not answering within the first-byte deadline (counted in ``failures`` too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class Totals:
     backends: int
     pinned: int = 0
     """Answers to requests that named a stored object (sent to its backend only)."""
+    slow: int = 0
 
 
 class Stats(tuple[BackendStats, ...]):
@@ -73,6 +76,7 @@ class Stats(tuple[BackendStats, ...]):
             available=sum(1 for s in self if s.cooling_down_for_s == 0),
             backends=len(self),
             pinned=sum(s.pinned for s in self),
+            slow=sum(s.slow for s in self),
         )
 
     def __str__(self) -> str:
@@ -81,6 +85,9 @@ class Stats(tuple[BackendStats, ...]):
         pinned = any(s.pinned for s in self)  # a column only for balancers that pinned requests
         if pinned:
             header.append("pinned")
+        slow = any(s.slow for s in self)  # a column only once an attempt was given up for slowness
+        if slow:
+            header.append("slow")
         rows: list[list[str]] = [header]
         for s in self:
             rows.append(
@@ -99,6 +106,7 @@ class Stats(tuple[BackendStats, ...]):
                     _optional(s.remaining_requests, "{}"),
                     _optional(s.remaining_tokens, "{}"),
                     *([str(s.pinned)] if pinned else []),
+                    *([str(s.slow)] if slow else []),
                 ]
             )
         t = self.total
@@ -142,6 +150,7 @@ def snapshot(s: BackendState, now: float) -> BackendStats:
         remaining_requests=remaining_requests,
         remaining_tokens=remaining_tokens,
         pinned=s.pinned,
+        slow=s.slow,
     )
 
 

@@ -29,7 +29,8 @@ Instruments (meter ``openai-priority-loadbalancer``, versioned as the package), 
   back to 0 when every attempt has ended.
 - ``throttles`` (Counter, ``{throttle}``; ``backend``): 429 answers.
 - ``failures`` (Counter, ``{failure}``; ``backend``, ``cause``): 500, 502, 503 and 504 answers and
-  transport errors; ``cause`` is the status (``"503"``) or the error's type name (``"ConnectError"``).
+  transport errors; ``cause`` is the status (``"503"``) or the error's type name (``"ConnectError"``),
+  or ``"FirstByteTimeout"`` for an attempt given up under ``first_byte_timeout_s``.
 - ``recoveries`` (Counter, ``{recovery}``; ``backend``): a failing backend answered again (its breaker
   closed).
 - ``cooldown.duration`` (Histogram, ``s``; ``backend``, ``reason``): how long a backend was set aside,
