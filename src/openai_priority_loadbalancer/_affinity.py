@@ -329,9 +329,9 @@ class Pin:
         """The state-store call that finds the owner of the objects named, or None if none is needed."""
         return self._affinity.lookup(self)
 
-    def among(self) -> list[BackendState]:
-        """The states of the backends the request may wait for."""
-        return self._affinity.among(self)
+    def among(self) -> list[BackendState] | None:
+        """The states of the backends the request may wait for (None: any)."""
+        return self._affinity.among(self) if self.names else None
 
     def served(
         self, state: BackendState, response: Response, lib: HttpLib
@@ -378,6 +378,24 @@ class Affinity:
         self._wall_clock = wall_clock
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
+
+    @classmethod
+    def build(
+        cls,
+        enabled: bool,
+        states: Sequence[BackendState],
+        store: StateStore | None,
+        shared_keys: Sequence[str],
+        emit: Callable[[Event], None] | None,
+        wall_clock: Callable[[], float],
+        max_objects: object,
+        ttl_s: object,
+    ) -> Affinity | None:
+        """A balancer's affinity, or None when it is off (``affinity=False``); options validated."""
+        objects, seconds = check_options(max_objects, ttl_s)
+        if not enabled:
+            return None
+        return cls(states, store, shared_keys, emit, wall_clock, max_objects=objects, ttl_s=seconds)
 
     # -- before choosing
 
@@ -609,7 +627,14 @@ class _LearningStream:
 # ---------------------------------------------------------------------- configuration
 
 
-def checked_options(max_objects: object, ttl_s: object) -> tuple[int, float]:
+def unavailable(count: int, among: Sequence[BackendState] | None) -> str:
+    """What the balancer's 429 says is unavailable: the backend of the object named, or all ``count``."""
+    if among is not None and len(among) == 1:
+        return "The backend holding the stored object this request names is rate limited or unavailable."
+    return f"All {len(among or ()) or count} backends are rate limited or unavailable."
+
+
+def check_options(max_objects: object, ttl_s: object) -> tuple[int, float]:
     """``affinity_max_objects`` and ``affinity_ttl_s``, validated."""
     if isinstance(max_objects, bool) or not isinstance(max_objects, int):
         raise TypeError(f"affinity_max_objects must be an int, got {type(max_objects).__name__}")

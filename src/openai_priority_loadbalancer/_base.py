@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _affinity
-from ._affinity import Affinity, Pin, Pinned
 from ._backend import Backend
 from ._cooldown import DEFAULT_MAX_COOLDOWN_S, RateLimitInfo, read_count, read_rate_limit
 from ._events import (
@@ -45,6 +44,7 @@ from ._stats import BackendStats, Stats, snapshot
 from ._store import UNMETERED_S, BudgetReport, BudgetStore, Reason, SharedState, StateStore, shared_key
 
 if TYPE_CHECKING:
+    from ._affinity import Pin, Pinned
     from ._http import HttpLib, Request, Response
 
 __all__ = ["Attempt", "BackendStats", "BaseLoadBalancer", "Routing", "EXTENSION", "FIRST_BYTE_TIMEOUT"]
@@ -191,7 +191,6 @@ class BaseLoadBalancer:
         first_byte_timeout_s: float | None = None,
     ) -> None:
         self.backends = _validated(backends)
-        max_objects, owner_ttl_s = _affinity.checked_options(affinity_max_objects, affinity_ttl_s)
         for name, value in (
             ("default_cooldown_s", default_cooldown_s),
             ("max_cooldown_s", max_cooldown_s),
@@ -240,18 +239,16 @@ class BaseLoadBalancer:
         self._lock = threading.Lock()
         self._random = random.Random()
         self._url_cache: dict[tuple[Any, ...], tuple[Any, str]] = {}
-        self._affinity = (
-            Affinity(
-                self._states,
-                state,
-                self._shared_keys,
-                self._emit if on_event is not None else None,
-                wall_clock,
-                max_objects=max_objects,
-                ttl_s=owner_ttl_s,
-            )
-            if affinity
-            else None
+        emits = self._emit if on_event is not None else None
+        self._affinity = _affinity.Affinity.build(
+            affinity,
+            self._states,
+            state,
+            self._shared_keys,
+            emits,
+            wall_clock,
+            affinity_max_objects,
+            affinity_ttl_s,
         )
 
     # ------------------------------------------------------------------ public
@@ -292,11 +289,11 @@ class BaseLoadBalancer:
             if loads:
                 self._merge_shared((yield (SHARE, ("load", (self._shared_keys,)))))
             now = self._clock()
-            if pin is not None and pin.bound:
+            if pin is not None:
                 tried |= pin.excluded(len(self._states))
             state, probe, seq = self._choose(now, tried)
             if state is None:
-                among = pin.among() if pin is not None and pin.bound else None
+                among = pin.among() if pin is not None else None
                 if deadline is None:
                     deadline = now + self._wait_budget(request)
                 delay = self._next_chance(now, awaiting_probe, among)
@@ -952,7 +949,7 @@ class BaseLoadBalancer:
             "error": {
                 "code": "429",
                 "message": (
-                    f"{_unavailable(len(self._states), among)} "
+                    f"{_affinity.unavailable(len(self._states), among)} "
                     f"Please retry after {math.ceil(wait_s)} second{'s' if math.ceil(wait_s) != 1 else ''}."
                 ),
             }
@@ -1015,12 +1012,6 @@ def _scrub_credentials(exc: BaseException, attempt: Request) -> None:
     exc.args = (text,)
     exc.__cause__ = exc.__context__ = None
     exc.__suppress_context__ = True
-
-
-def _unavailable(count: int, among: Sequence[BackendState] | None) -> str:
-    if among is not None and len(among) == 1:
-        return "The backend holding the stored object this request names is rate limited or unavailable."
-    return f"All {len(among or ()) or count} backends are rate limited or unavailable."
 
 
 def _first_byte_seconds(name: str, value: object) -> float | None:
