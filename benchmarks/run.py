@@ -21,7 +21,9 @@ e2e_ratio
     Time per request through the openai SDK against the simulator (no latency, unlimited capacity),
     balanced client / plain client, for sync and async clients on httpx and httpx2.
 ttft_ratio
-    Time to the first chunk of a streamed chat completion, balanced / plain.
+    Time to the first chunk of a streamed chat completion, balanced / plain; ``*_responses``: time to
+    the first text delta of a streamed Responses API response, whose id the balancer learns from the
+    stream's first event as it passes.
 select_us_by_backends
     One selection among 1, 10, 100 and 1000 backends of one priority, all available and with one in
     ten cooling down.
@@ -481,12 +483,60 @@ def _async_ttft_sampler(client: Any) -> Callable[[int], Awaitable[list[float]]]:
     return sample
 
 
+def _responses_ttft_sampler(client: Any) -> Callable[[int], list[float]]:
+    """Time to a streamed response's first text delta (its id, learned by the balancer, comes first)."""
+    create, clock = client.responses.create, time.perf_counter
+
+    def sample(k: int) -> list[float]:
+        durations = []
+        for _ in range(k):
+            start = clock()
+            events = iter(create(model=DEPLOYMENT, input="Hello", stream=True))
+            for event in events:
+                if event.type == "response.output_text.delta":
+                    break
+            durations.append(clock() - start)
+            for _event in events:
+                pass
+        return durations
+
+    return sample
+
+
+def _async_responses_ttft_sampler(client: Any) -> Callable[[int], Awaitable[list[float]]]:
+    create, clock = client.responses.create, time.perf_counter
+
+    async def sample(k: int) -> list[float]:
+        durations = []
+        for _ in range(k):
+            start = clock()
+            events = (await create(model=DEPLOYMENT, input="Hello", stream=True)).__aiter__()
+            async for event in events:
+                if event.type == "response.output_text.delta":
+                    break
+            durations.append(clock() - start)
+            async for _event in events:
+                pass
+        return durations
+
+    return sample
+
+
+_SAMPLERS: dict[tuple[str, bool], Callable[[Any], Any]] = {
+    ("e2e", False): _request_sampler,
+    ("e2e", True): _async_request_sampler,
+    ("ttft", False): _ttft_sampler,
+    ("ttft", True): _async_ttft_sampler,
+    ("ttft_responses", False): _responses_ttft_sampler,
+    ("ttft_responses", True): _async_responses_ttft_sampler,
+}
+
 # The SDK clients of one comparison: the baseline, the same again (the noise floor), the balanced one.
 _SDK_VARIANTS = (False, False, True)
 
 
 def _sdk_runs(
-    sim: Simulator, lib: ModuleType, asynchronous: bool, ttft: bool, plan: Plan
+    sim: Simulator, lib: ModuleType, asynchronous: bool, ttft: bool, plan: Plan, kind: str | None = None
 ) -> list[list[list[float]]]:
     """Per run, the item durations of each of the _SDK_VARIANTS."""
 
@@ -494,9 +544,10 @@ def _sdk_runs(
         return [[duration for block in blocks for duration in block] for blocks in run]
 
     n = plan.ttft_requests if ttft else plan.e2e_requests
+    kind = kind or ("ttft" if ttft else "e2e")
     if not asynchronous:
         clients = [_sdk_client(lib, sim, balanced=b, asynchronous=False) for b in _SDK_VARIANTS]
-        samplers = [(_ttft_sampler if ttft else _request_sampler)(client) for client in clients]
+        samplers = [_SAMPLERS[kind, False](client) for client in clients]
         for sample in samplers:
             sample(plan.warmup)
         runs = [flat(_interleaved(samplers, n, plan.blocks, pause_gc=False)) for _ in range(plan.runs)]
@@ -506,7 +557,7 @@ def _sdk_runs(
 
     async def main() -> list[list[list[float]]]:
         clients = [_sdk_client(lib, sim, balanced=b, asynchronous=True) for b in _SDK_VARIANTS]
-        samplers = [(_async_ttft_sampler if ttft else _async_request_sampler)(client) for client in clients]
+        samplers = [_SAMPLERS[kind, True](client) for client in clients]
         for sample in samplers:
             await sample(plan.warmup)
         runs = [
@@ -549,6 +600,10 @@ def measure_sdk(plan: Plan) -> tuple[dict[str, dict[str, float]], dict[str, dict
                 key = f"{'async' if asynchronous else 'sync'}_{lib.__name__}"
                 e2e[key] = _ratio(_sdk_runs(sim, lib, asynchronous, False, plan))
                 ttft[key] = _ratio(_sdk_runs(sim, lib, asynchronous, True, plan))
+                # A Responses stream: the balancer learns its id from the first events as they pass.
+                ttft[key + "_responses"] = _ratio(
+                    _sdk_runs(sim, lib, asynchronous, True, plan, "ttft_responses")
+                )
     return e2e, ttft
 
 
