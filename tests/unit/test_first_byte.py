@@ -239,3 +239,28 @@ def test_a_stream_naming_a_stored_object_is_not_given_up(
         assert routing(response).backend == A
     assert slow.header_reads == [CALLER_READ]
     assert stats_by_id(lb)[A].slow == 0
+
+
+def test_a_stream_failing_mid_way_fails_as_without_a_deadline(
+    make_lb: MakeLb, router: Any, lib: Any, client: Any
+) -> None:
+    """Once a byte reached the caller nothing is replayed: the body's error is the caller's."""
+
+    class Broken(lib.SyncByteStream):  # type: ignore[misc,name-defined]
+        def __iter__(self) -> Any:
+            yield b'data: {"n": 1}\n\n'
+            raise lib.ReadTimeout("timed out")
+
+    router.always(A, lambda request: lib.Response(200, stream=Broken()))
+    lb = make_lb(two(), first_byte_timeout_s=1)
+    received: list[bytes] = []
+    with (
+        client(lb) as http,
+        http.stream("POST", CALLER_URL, json=STREAM) as response,
+        pytest.raises(lib.ReadTimeout),
+    ):
+        received.extend(response.iter_bytes())
+    assert received == [b'data: {"n": 1}\n\n']
+    assert router.hosts == [A]
+    assert [(a.backend, a.error) for a in routing(response).attempts] == [(A, None)]
+    assert stats_by_id(lb)[A].slow == 0
