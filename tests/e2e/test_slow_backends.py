@@ -26,8 +26,8 @@ def two(sim: Simulator) -> list[Backend]:
 
 
 async def test_streams_go_elsewhere_while_priority_one_is_slow_to_start(make_api: MakeApi) -> None:
-    # Each of p2's streams takes about 0.3 s: p1's breaker (1 s backoff) half-opens before the sixth.
-    p2 = InstanceConfig("p2", stream_chunks=4, stream_chunk_delay_s=0.1)
+    # Each of p2's streams takes about 0.2 s: p1's breaker (1 s backoff) half-opens before the last.
+    p2 = InstanceConfig("p2", stream_chunks=4, stream_chunk_delay_s=0.07)
     configs = [InstanceConfig("p1", latency_s=20), p2]
     with Simulator(configs) as sim:
         api = make_api(two(sim), first_byte_timeout_s=1)
