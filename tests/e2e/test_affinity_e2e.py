@@ -93,3 +93,60 @@ async def test_an_unknown_chain_is_found_by_discovery(make_api: MakeApi) -> None
             next_id, served_by = await turn(api, previous_response_id=response_id)
             assert served_by == owner
             assert await retrieve(api, next_id) == owner
+
+
+async def test_conversations_stay_on_their_backend(make_api: MakeApi) -> None:
+    with Simulator([InstanceConfig(name) for name in NAMES]) as sim:
+        api = make_api(backends(sim))
+        for _ in range(3):
+            raw = await api._call(api.client.conversations.with_raw_response.create)
+            conversation, owner = raw.parse().id, str(raw.headers[INSTANCE])
+            for _ in range(3):
+                _, served_by = await turn(api, conversation=conversation)
+                assert served_by == owner
+            items = await api._call(api.client.conversations.items.list, conversation_id=conversation)
+            assert len(items.data) == 6  # three inputs, three outputs
+        assert sum(sim.stats(name).not_found for name in NAMES) == 0
+
+
+async def test_files_retrieve_content_and_input_files_succeed(make_api: MakeApi) -> None:
+    with Simulator([InstanceConfig(name) for name in NAMES]) as sim:
+        api = make_api(backends(sim))
+        for i in range(4):
+            content = f"file {i}".encode()
+            raw = await api._call(
+                api.client.files.with_raw_response.create, file=(f"f{i}.txt", content), purpose="assistants"
+            )
+            file_id, owner = raw.parse().id, str(raw.headers[INSTANCE])
+            retrieved = await api._call(api.client.files.with_raw_response.retrieve, file_id=file_id)
+            assert str(retrieved.headers[INSTANCE]) == owner
+            body = await api._call(api.client.files.content, file_id=file_id)
+            assert body.content == content
+            part = {"type": "input_file", "file_id": file_id}
+            _, served_by = await turn(api, input=[{"role": "user", "content": [part]}])
+            assert served_by == owner
+        assert sum(sim.stats(name).not_found for name in NAMES) == 0
+
+
+async def test_items_passed_back_by_hand_go_where_they_were_made(make_api: MakeApi) -> None:
+    with Simulator([InstanceConfig(name) for name in NAMES]) as sim:
+        api = make_api(backends(sim))
+        for _ in range(3):
+            # Stateless: the reasoning comes back encrypted, readable only by the instance that sealed it.
+            kwargs: dict[str, Any] = {"store": False, "include": ["reasoning.encrypted_content"]}
+            raw = await api._call(
+                api.client.responses.with_raw_response.create, model=MODEL, input="Hi", **kwargs
+            )
+            first, owner = raw.parse(), str(raw.headers[INSTANCE])
+            context = [item.model_dump(exclude_none=True) for item in first.output]
+            assert any("encrypted_content" in item for item in context)
+            context.append({"role": "user", "content": "Go on"})
+            _, served_by = await turn(api, input=context, **kwargs)
+            assert served_by == owner
+            # Stored: an earlier output item named by reference.
+            stored_id, owner = await turn(api)
+            stored = await api._call(api.client.responses.retrieve, response_id=stored_id)
+            reference = {"type": "item_reference", "id": stored.output[0].id}
+            _, served_by = await turn(api, input=[reference, {"role": "user", "content": "And?"}])
+            assert served_by == owner
+        assert sum(sim.stats(name).not_found for name in NAMES) == 0
