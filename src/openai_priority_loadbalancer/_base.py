@@ -69,6 +69,9 @@ SHARE: Final = 4  # value: a Share for the state store; the loop sends back its 
 READ: Final = 5  # value: a response whose body the flow needs (a short error): the loop reads it
 
 Action = tuple[int, Any]
+#: A budget report waiting to reach the store: remaining, the window's reset (monotonic), limit, and
+#: whether the reset is an estimate (the backend named none).
+_Pending = tuple[int | None, float, int | None, bool]
 #: A call on the state store: method name ("load", "set_aside", "clear_failure") and its arguments.
 #: The async loop calls the method's "a"-prefixed form.
 Share = tuple[str, tuple[Any, ...]]
@@ -88,6 +91,9 @@ _MIN_WAIT_S: Final = 0.01
 _ADMISSION_DELAY_S: Final = 0.05
 # How long a balancer holds the shared probe of a backend whose budget is unknown, at most.
 _SHARED_PROBE_TTL_S: Final = 10.0
+# How long a window is believed to last while the backend has named no reset and no wait: the shortest
+# window Azure OpenAI meters requests over. Too short costs a 429 (whose wait then teaches the window).
+_FIRST_WINDOW_GUESS_S: Final = 1.0
 # Tiers up to this size are scanned whole when choosing; larger ones are sampled (see _choose).
 _SCAN_LIMIT: Final = 32
 _SAMPLE: Final = 16
@@ -216,8 +222,8 @@ class BaseLoadBalancer:
         # With a store that shares budgets, each attempt reserves one of its backend's requests.
         self._budgets = state if isinstance(state, BudgetStore) else None
         # Budget reports waiting to ride along with the next reservation: index -> (remaining,
-        # monotonic time of the window's reset, limit).
-        self._pending_reports: dict[int, tuple[int | None, float, int | None]] = {}
+        # monotonic time of the window's reset, limit, whether that reset is an estimate).
+        self._pending_reports: dict[int, _Pending] = {}
         self._backend_header = backend_header
         self._clock = clock
         self._wall_clock = wall_clock
@@ -419,6 +425,9 @@ class BaseLoadBalancer:
             for state, record in zip(self._states, records, strict=False):
                 if record is None or record.cooling_s <= 0:
                     continue
+                if record.reason == "throttled":  # what is left of a wait another balancer was told
+                    state.learn_window(record.cooling_s)
+                    state.window_began = None
                 until = now + record.cooling_s
                 if until <= state.cooling_until:
                     continue
@@ -450,8 +459,8 @@ class BaseLoadBalancer:
         with self._lock:
             pending, self._pending_reports = self._pending_reports, {}
         reports = [
-            BudgetReport(self._shared_keys[index], remaining, reset_at - now, limit)
-            for index, (remaining, reset_at, limit) in pending.items()
+            BudgetReport(self._shared_keys[index], remaining, reset_at - now, limit, estimated)
+            for index, (remaining, reset_at, limit, estimated) in pending.items()
             if reset_at > now  # a report of a window that has ended since says nothing of this one
         ]
         return (self._shared_keys, state.index, reports, _SHARED_PROBE_TTL_S)
@@ -500,8 +509,8 @@ class BaseLoadBalancer:
         key = self._shared_keys[state.index]
         if pending is None or pending[1] <= now:
             return [BudgetReport(key, 0, 0.0, None)]  # reset_s 0: forget the counter
-        remaining, reset_at, limit = pending
-        return [BudgetReport(key, remaining, reset_at - now, limit)]
+        remaining, reset_at, limit, estimated = pending
+        return [BudgetReport(key, remaining, reset_at - now, limit, estimated)]
 
     def _unchoose(self, state: BackendState, probe: bool, wait_s: float | None, now: float) -> None:
         """Undo a choice the shared budget refused (or that was cancelled before it was sent)."""
@@ -690,6 +699,9 @@ class BaseLoadBalancer:
             if status == 429:
                 state.throttled += 1
                 info = self._rate_limit(headers)
+                if info.cooldown_s is not None:
+                    state.learn_window(info.cooldown_s)
+                state.window_began = None  # the answer after the wait begins the next window
                 cooldown = info.cooldown_s if info.cooldown_s is not None else self._default_cooldown_s
                 cooldown = max(cooldown, self._throttle_backoff(state, started, now))
                 self._set_aside(state, now, cooldown, "throttled", status)
@@ -700,7 +712,7 @@ class BaseLoadBalancer:
                 )
                 state.refill(state.cooling_until + self._default_cooldown_s)
                 if self._budgets is not None:
-                    self._pending_reports[state.index] = (0, now + cooldown, state.limit_requests)
+                    self._pending_reports[state.index] = (0, now + cooldown, state.limit_requests, False)
                 keep = False
                 event: Event = ThrottledEvent(self._wall_clock(), state.backend.id, cooldown, now - started)
                 if shares is not None:
@@ -742,13 +754,13 @@ class BaseLoadBalancer:
                             shares.append(self._set_aside_record(state, "exhausted", *spent))
                     if self._budgets is not None and remaining is not None:
                         self._pending_reports[state.index] = self._budget_report(
-                            headers, whole, admitted, remaining
+                            state, headers, whole, admitted, remaining
                         )
                 elif status < 400:
                     # It took a request and says nothing of its budget: no belief that it is spent survives.
                     state.forget_budget()
                     if self._budgets is not None:
-                        self._pending_reports[state.index] = (None, now + UNMETERED_S, None)
+                        self._pending_reports[state.index] = (None, now + UNMETERED_S, None, False)
                 if self._on_event is not None:
                     event = ServedEvent(self._wall_clock(), state.backend.id, status, now - started)
         if self._on_event is not None:
@@ -779,14 +791,28 @@ class BaseLoadBalancer:
         return read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
 
     def _budget_report(
-        self, headers: Any, info: RateLimitInfo | None, admitted: float, remaining: int
-    ) -> tuple[int | None, float, int | None]:
-        """A pending budget report (remaining, reset time, limit) from a success's headers."""
+        self, state: BackendState, headers: Any, info: RateLimitInfo | None, admitted: float, remaining: int
+    ) -> _Pending:
+        """A pending budget report (remaining, reset time, limit, estimated) from a success's headers.
+
+        When the backend names no reset, the window is estimated to end one window (as long as the
+        backend's answers have shown, see :meth:`_window_s`) after this attempt was admitted. The store
+        starts a counter with that estimate only from the answer of the window's probe, and never
+        moves a counter's end for an estimate: the window ends as the probe's answer says.
+        """
         if info is None:
             info = self._rate_limit(headers)
-        reset = info.reset_requests_s if info.reset_requests_s is not None else self._default_cooldown_s
         limit = _int_header(headers, "x-ratelimit-limit-requests", None)
-        return remaining, admitted + reset, limit
+        if info.reset_requests_s is not None:
+            return remaining, admitted + info.reset_requests_s, limit, False
+        return remaining, admitted + self._window_s(state), limit, True
+
+    def _window_s(self, state: BackendState) -> float:
+        """How long a window of the backend lasts, as far as its answers have shown (the longest reset
+        or wait it named), and never more than ``default_cooldown_s``; before it has shown any, the
+        first guess (too short costs one 429, whose wait then shows more)."""
+        window = state.window_s
+        return min(_FIRST_WINDOW_GUESS_S if window is None else window, self._default_cooldown_s)
 
     def _set_aside_record(
         self,
@@ -822,6 +848,11 @@ class BaseLoadBalancer:
         then. The backend computed its reset when it admitted the attempt, so the reset counts from
         then (``admitted``), not from the (later) answer.
 
+        A backend that names no reset (Azure OpenAI names none on a success) is believed spent only
+        until its window would end: one window (:meth:`_window_s`) after the window's first answer
+        here was admitted. Without a budget store it is set aside until then, and the next request
+        then goes alone; with one, the store's counter decides when the fleet may send again.
+
         ``info`` is the answer's headers read whole, if the caller read them already.
 
         Returns, if the backend was set aside: for how long, and the remaining requests and tokens
@@ -830,11 +861,15 @@ class BaseLoadBalancer:
         if seq < state.report_seq:
             return None
         now = admitted
+        began = state.window_began
+        if began is None or now >= began + self._window_s(state):
+            state.window_began = began = now  # the first answer of a window (as far as is known)
         state.report_seq = seq
         state.remaining_seq = state.sent
         believed = None if remaining_requests is None else max(0, remaining_requests - state.in_flight)
         state.remaining_requests = believed
         state.remaining_tokens = remaining_tokens
+        state.budget_estimated = False
         if not ((believed is not None and believed <= 1) or remaining_tokens == 0):
             state.budget_expires = now + self._default_cooldown_s
             return None
@@ -844,10 +879,22 @@ class BaseLoadBalancer:
         reset = (
             info.reset_tokens_s if info.remaining_tokens == 0 else info.reset_requests_s
         ) or info.cooldown_s
-        state.budget_expires = now + (reset or self._default_cooldown_s)
-        if reset and state.budget_exhausted(now):
-            self._set_aside(state, now, reset, "exhausted", None)
-            state.refill(state.cooling_until + self._default_cooldown_s)
+        if reset:
+            state.learn_window(reset)
+            state.budget_expires = now + reset
+            if state.budget_exhausted(now):
+                self._set_aside(state, now, reset, "exhausted", None)
+                state.refill(state.cooling_until + self._default_cooldown_s)
+                return reset, remaining_requests, remaining_tokens
+            return None
+        # No reset named: believed until the window would end, and no longer.
+        reset = began + self._window_s(state) - now
+        state.budget_expires = now + reset
+        state.budget_estimated = True
+        if self._budgets is None and reset > 0 and state.budget_exhausted(now):
+            # When it ends, the belief does (see budget_exhausted), and one request finds out what the
+            # window holds.
+            self._set_aside(state, now, reset, "exhausted", "no reset named")
             return reset, remaining_requests, remaining_tokens
         return None
 

@@ -26,6 +26,7 @@ class BackendState:
 
     __slots__ = (
         "backend",
+        "budget_estimated",
         "budget_expires",
         "cooling_reason",
         "cooling_until",
@@ -50,6 +51,8 @@ class BackendState:
         "throttle_streak",
         "throttled",
         "throttled_at",
+        "window_began",
+        "window_s",
     )
 
     def __init__(self, backend: Backend, index: int) -> None:
@@ -75,6 +78,15 @@ class BackendState:
         self.report_seq = 0
         #: Monotonic time after which the remaining-* report is too old to believe (its window has reset).
         self.budget_expires = math.inf
+        #: True when ``budget_expires`` is an estimate (the backend named no reset): when it passes, the
+        #: next request goes alone, whatever the limit, in case the window has not reset after all.
+        self.budget_estimated = False
+        #: When the current window began, as far as this balancer knows: about when the first request
+        #: answered in it was admitted (None: no answer since a 429 said when the last one ends).
+        self.window_began: float | None = None
+        #: The longest window the backend's answers have shown (a reset or a wait it named; None: none
+        #: yet): how long a window is believed to last when the backend does not say when it resets.
+        self.window_s: float | None = None
         #: True while the budget is unknown (before the first answer, and after a window ended with the
         #: limit unknown): one request at a time until one answers, rather than a burst into 429s.
         self.probe_first = True
@@ -108,15 +120,16 @@ class BackendState:
             self.latencies[self.latency_count % LATENCY_WINDOW] = seconds
         self.latency_count += 1
 
-    def refill(self, expires: float) -> None:
+    def refill(self, expires: float, probe: bool = False) -> None:
         """A rate-limit window ends (at the current cooldown's end): expect its full budget, if known.
 
-        With the limit known, the budget is believed until ``expires``; without it, the first request
-        after the cooldown goes alone and its answer tells how much there is.
+        With the limit known (and no ``probe`` asked for), the budget is believed until ``expires``;
+        without it, the first request after the cooldown goes alone and its answer tells how much there is.
         """
         self.remaining_tokens = None
         self.remaining_seq = self.report_seq = self.sent
-        if self.limit_requests is not None:
+        self.budget_estimated = False
+        if self.limit_requests is not None and not probe:
             self.remaining_requests = self.limit_requests
             self.budget_expires = expires
             self.probe_first = False
@@ -128,11 +141,19 @@ class BackendState:
     def forget_budget(self) -> None:
         self.remaining_requests = self.remaining_tokens = None
         self.budget_expires = math.inf
+        self.budget_estimated = False
+
+    def learn_window(self, seconds: float) -> None:
+        """The backend named a reset or a wait this long: its windows last at least about as long."""
+        seconds = math.ceil(round(seconds * 10, 6)) / 10  # to a tenth of a second, as the stores do
+        if seconds > 0 and (self.window_s is None or seconds > self.window_s):
+            self.window_s = seconds
 
     def believed_budget(self, now: float) -> tuple[int | None, int | None]:
         """The remaining requests (reported, less sent since) and tokens believed now; None: unknown."""
         if now >= self.budget_expires:
-            return (self.limit_requests if self.remaining_requests is not None else None), None
+            fresh = self.remaining_requests is not None and not self.budget_estimated
+            return (self.limit_requests if fresh else None), None
         if self.remaining_requests is None:
             return None, self.remaining_tokens
         return max(0, self.remaining_requests - (self.sent - self.remaining_seq)), self.remaining_tokens
@@ -151,7 +172,7 @@ class BackendState:
         if self.remaining_requests is None and self.remaining_tokens is None:
             return False
         if now >= self.budget_expires:
-            self.refill(math.inf)
+            self.refill(math.inf, self.budget_estimated)
         if self.remaining_tokens == 0:
             return True
         if self.remaining_requests is None:

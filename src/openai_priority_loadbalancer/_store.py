@@ -93,9 +93,11 @@ class BudgetReport:
     remaining: int | None
     """``x-ratelimit-remaining-requests``; None: the backend reports no budget (it is not metered)."""
     reset_s: float
-    """Seconds from now until its window resets (the balancer's default cooldown when not said)."""
+    """Seconds from now until its window resets (an estimate when the backend did not say)."""
     limit: int | None
     """``x-ratelimit-limit-requests``: what a fresh window holds, if said."""
+    estimated: bool = False
+    """True when the backend named no reset and ``reset_s`` is the balancer's estimate of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,12 @@ class BudgetStore(StateStore, Protocol):
     is 0 forgets the counter; a report without a budget marks the backend unmetered for a minute
     (every reservation granted). Each report also records the limit, and the longest window seen
     (rounded up to a tenth of a second), which is how long a counter started from the limit lives.
+
+    A report whose reset is ``estimated`` (the backend named none) never moves a counter's end and
+    says nothing of the window's length: it lowers a live counter, starts one only in place of the
+    window's probe (or of an unmetered mark), and is dropped when there is no counter (it may speak
+    of a window that has ended). So the window ends when the answer of its probe said it would, and
+    then the next request of the whole fleet probes again.
     """
 
     def reserve(
@@ -339,8 +347,8 @@ class MemoryStateStore:
     def _apply(self, reports: Sequence[BudgetReport], now: float) -> None:
         for r in reports:
             if r.limit is not None:
-                window = max(window_of(r.reset_s), self._limits.get(r.key, (0, 0.0))[1])
-                self._limits[r.key] = (r.limit, window)
+                seen = self._limits.get(r.key, (0, 0.0))[1]
+                self._limits[r.key] = (r.limit, seen if r.estimated else max(window_of(r.reset_s), seen))
             if r.remaining is None:
                 self._budgets[r.key] = (now + UNMETERED_S, _UNMETERED)
                 continue
@@ -348,9 +356,14 @@ class MemoryStateStore:
                 self._budgets.pop(r.key, None)
                 continue
             entry = self._budgets.get(r.key)
+            if entry is not None and entry[0] <= now:
+                entry = None
             left, expires = r.remaining, now + r.reset_s
-            if entry is not None and entry[0] > now and isinstance(entry[1], int):
+            if entry is not None and isinstance(entry[1], int):
                 # A report only lowers a live counter, and never ends its window sooner: a report of
-                # the window before, arriving late, must not end the current one.
-                left, expires = min(left, entry[1]), max(expires, entry[0])
+                # the window before, arriving late, must not end the current one. An estimate never
+                # moves its end at all.
+                left, expires = min(left, entry[1]), (entry[0] if r.estimated else max(expires, entry[0]))
+            elif entry is None and r.estimated:
+                continue  # no window under way: this one may have ended; the next request probes
             self._budgets[r.key] = (expires, left)

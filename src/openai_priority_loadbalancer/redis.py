@@ -145,16 +145,21 @@ return 0
 # backend's key never holds "#" (Backend refuses it in a path), so these never name another backend.
 #
 # _APPLY: applies ``count`` reports; report i has its budget and limit keys at KEYS[kb + 2i] and
-# KEYS[kb + 2i + 1], and remaining ('-': unmetered), reset (µs) and limit ('-': not said) at ARGV[ab + 3i..].
-# A report sets the counter to what the backend said, lowering a live counter only and never ending its
-# window sooner; reset <= 0 forgets it. The longest window is kept rounded up to a tenth of a second.
+# KEYS[kb + 2i + 1], and remaining ('-': unmetered), reset (µs; negative: an estimate of -reset, the
+# backend named none) and limit ('-': not said) at ARGV[ab + 3i..]. A report sets the counter to what the
+# backend said, lowering a live counter only and never ending its window sooner; reset 0 forgets it. An
+# estimate never moves a counter's end, starts a counter only in place of the probe (or of 'unmetered')
+# and says nothing of the window's length. The longest window is kept rounded up to a tenth of a second.
 _APPLY: Final = """
 local function apply(kb, ab, count)
   for i = 0, count - 1 do
     local budget, limitkey = KEYS[kb + 2 * i], KEYS[kb + 2 * i + 1]
     local remaining, reset, limit = ARGV[ab + 3 * i], tonumber(ARGV[ab + 3 * i + 1]), ARGV[ab + 3 * i + 2]
+    local estimated = reset < 0
+    if estimated then reset = -reset end
     if limit ~= '-' then
       local window = math.ceil(reset / 100000 - 0.000001) * 100000  -- window_of(): up to a tenth of a second
+      if estimated then window = 0 end
       local kept = redis.call('GET', limitkey)
       if kept then
         local seen = tonumber(string.match(kept, ' (%d+)$'))
@@ -169,14 +174,17 @@ local function apply(kb, ab, count)
       redis.call('DEL', budget)
     else
       local left, px = tonumber(remaining), math.ceil(reset / 1000)
-      local kept = tonumber(redis.call('GET', budget))
+      local value = redis.call('GET', budget)
+      local kept = tonumber(value)
       if kept then
         -- Only lower a live counter, and never end its window sooner (a late report of the last one).
         if kept < left then left = kept end
         local ttl = redis.call('PTTL', budget)
-        if ttl > px then px = ttl end
+        if ttl > px or estimated then px = ttl end
       end
-      redis.call('SET', budget, string.format('%.0f', left), 'PX', px)
+      if kept or value or not estimated then
+        redis.call('SET', budget, string.format('%.0f', left), 'PX', px)
+      end
     end
   end
 end
@@ -1028,7 +1036,8 @@ def _add_reports(
             continue
         names += store._budget_keys(r.key)
         args.append(b"-" if r.remaining is None else int(r.remaining))
-        args.append(math.ceil(reset * 1_000_000) if reset > 0 else 0)
+        micros = math.ceil(reset * 1_000_000) if reset > 0 else 0
+        args.append(-micros if r.estimated is True else micros)
         args.append(b"-" if r.limit is None else int(r.limit))
 
 

@@ -143,6 +143,25 @@ def test_the_limit_keeps_the_longest_window_seen(store: RedisStateStore, raw: re
     assert raw.get(f"oplb:{KEYS[0]}#limit") == b"5 300000"
 
 
+def test_an_estimated_reset_never_moves_a_counters_end(store: RedisStateStore, raw: redis.Redis) -> None:
+    """The backend named no reset: estimates lower a live counter, leave its end where the window's
+    probe put it, start no counter of their own and say nothing of the window's length."""
+    store.report([BudgetReport(KEYS[0], 0, 1.0, 4, estimated=True)])  # no window under way: dropped
+    assert raw.get(f"oplb:{KEYS[0]}#budget") is None
+    assert raw.get(f"oplb:{KEYS[0]}#limit") == b"4 0"
+    assert store.reserve(KEYS, 0, [], TTL).probe
+    store.report([BudgetReport(KEYS[0], 3, 0.5, 4, estimated=True)])  # the probe's answer
+    assert 400 < raw.pttl(f"oplb:{KEYS[0]}#budget") <= 500
+    later = BudgetReport(KEYS[0], 1, 30.0, 4, estimated=True)
+    assert granted(store, 1) == [True]  # 2 left
+    assert store.reserve(KEYS, 0, [later], TTL).granted  # lowered to 1, and taken
+    assert granted(store, 1) == [False]
+    assert raw.pttl(f"oplb:{KEYS[0]}#budget") <= 500  # not moved to 30 s
+    assert raw.get(f"oplb:{KEYS[0]}#limit") == b"4 0"
+    time.sleep(0.55)
+    assert store.reserve(KEYS, 0, [], TTL).probe  # the window ended as the probe's answer said
+
+
 def test_values_it_did_not_write_are_ignored(store: RedisStateStore, raw: redis.Redis) -> None:
     raw.set(f"oplb:{KEYS[0]}#budget", "garbage", px=5000)
     raw.set(f"oplb:{KEYS[0]}#limit", "lots of them")
@@ -224,7 +243,7 @@ def test_random_calls_get_the_memory_stores_answers(redis_server: RedisServer, s
     def report() -> BudgetReport:
         remaining = rng.choice([None, 0, 1, 2, 3, 5, 8])
         reset = rng.choice([0.0, 20.0, 40.0, 60.0])
-        return BudgetReport(rng.choice(keys), remaining, reset, rng.choice([None, 3, 6]))
+        return BudgetReport(rng.choice(keys), remaining, reset, rng.choice([None, 3, 6]), rng.random() < 0.3)
 
     for step in range(300):
         roll = rng.random()

@@ -460,28 +460,52 @@ def test_callback_runs_on_the_request_thread_outside_the_lock(make_lb: MakeLb, r
 # ---------------------------------------------------------------------- budget beliefs age
 
 
-def test_spent_budget_without_reset_is_believed_for_default_cooldown(
+def test_spent_budget_without_reset_is_believed_until_its_window_would_end(
     make_lb: MakeLb, router: Any, lib: Any, clock: Any
 ) -> None:
+    """Azure names no reset on a success. Before the backend has shown how long its windows last, a
+    spent report is believed for one second (the shortest window Azure meters), not for
+    ``default_cooldown_s``: the backend is set aside that long, then one request finds out."""
     router.script(A, (200, {"x-ratelimit-remaining-requests": "0"}))
     lb = make_lb([Backend(A, 1), Backend(B, 1)], default_cooldown_s=3)
     with lib.Client(transport=lb) as client:
         while A not in router.hosts:
             post(client)
         assert stats_by_id(lb)[A].remaining_requests == 0
-        assert stats_by_id(lb)[A].cooling_down_for_s == 0  # no reset: not set aside, only ranked last
+        assert stats_by_id(lb)[A].cooling_down_for_s == pytest.approx(1.0)
         router.requests.clear()
-        clock.advance(2.9)
+        clock.advance(0.9)
         for _ in range(20):
             post(client)
         assert set(router.hosts) == {B}
-        clock.set(clock.start + 3)  # 3 s after the report: its window has surely ended
+        clock.advance(0.1)  # one window after the report: it has ended
         router.requests.clear()
         for _ in range(40):
             post(client)
     assert router.hosts.count(A) > 5
     assert router.hosts.count(B) > 5
     assert stats_by_id(lb)[A].remaining_requests is None
+
+
+@pytest.mark.parametrize(("retry_after", "default", "believed"), [("2", 10.0, 2.0), ("20", 5.0, 5.0)])
+def test_spent_budget_without_reset_is_believed_for_the_window_the_backend_showed(
+    make_lb: MakeLb, router: Any, lib: Any, clock: Any, retry_after: str, default: float, believed: float
+) -> None:
+    """The longest wait a backend named shows how long its windows last: a spent report with no reset
+    is believed that long from the window's first answer, and never beyond ``default_cooldown_s``."""
+    one_left = (200, {"x-ratelimit-remaining-requests": "1"})
+    spent = (200, {"x-ratelimit-remaining-requests": "0"})
+    router.script(A, (429, {"retry-after": retry_after}), one_left, spent)
+    lb = make_lb([Backend(A, 1), Backend(B, 2)], default_cooldown_s=default)
+    with lib.Client(transport=lb) as client:
+        assert post(client).json() == {"host": B}  # A: 429
+        clock.advance(float(retry_after))
+        assert post(client).json() == {"host": A}  # the window's first answer: 1 left
+        clock.advance(0.5)
+        assert post(client).json() == {"host": A}  # spent
+        assert stats_by_id(lb)[A].cooling_down_for_s == pytest.approx(believed - 0.5)
+        clock.advance(believed - 0.5)
+        assert post(client).json() == {"host": A}
 
 
 def test_stats_stop_reporting_an_aged_out_budget(make_lb: MakeLb, router: Any, lib: Any, clock: Any) -> None:

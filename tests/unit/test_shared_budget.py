@@ -7,6 +7,7 @@ clock: without the store they overspend its windows, with it they never do.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import httpx
@@ -127,10 +128,29 @@ class WindowedBackend:
         return httpx.Response(200, headers=headers, json={"ok": True})
 
 
-def _run(clock: FakeClock, state: Any, balancers: int = 4) -> WindowedBackend:
+class AzureBackend(WindowedBackend):
+    """Answers as Azure OpenAI does: the remaining count on a success, with no limit and no reset;
+    ``Retry-After`` in whole seconds (rounded up) on a 429. A client cannot tell when a window ends."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        now = self.clock() - self.clock.start
+        window = int(now // self.window_s)
+        used = self.served.get(window, 0)
+        if used >= self.limit:
+            self.throttled += 1
+            wait = (window + 1) * self.window_s - now
+            return httpx.Response(429, headers={"retry-after": str(math.ceil(round(wait, 6)))})
+        self.served[window] = used + 1
+        return httpx.Response(200, headers={"x-ratelimit-remaining-requests": str(self.limit - used - 1)})
+
+
+def _run(
+    clock: FakeClock, state: Any, balancers: int = 4, backend: WindowedBackend | None = None, ticks: int = 30
+) -> WindowedBackend:
     """Balancers take turns sending, 8 requests per 0.1 s in all, for 3 s; a second backend takes
     what the first cannot."""
-    backend = WindowedBackend(clock, limit=5)
+    if backend is None:
+        backend = WindowedBackend(clock, limit=5)
     spare = httpx.MockTransport(lambda request: httpx.Response(200, json={"ok": True}))
 
     def route(request: httpx.Request) -> httpx.Response:
@@ -147,7 +167,7 @@ def _run(clock: FakeClock, state: Any, balancers: int = 4) -> WindowedBackend:
         for _ in range(balancers)
     ]
     request = httpx.Request("POST", CALLER_URL, content=b"{}")
-    for tick in range(30):
+    for tick in range(ticks):
         for i in range(8):
             assert lbs[(tick + i) % balancers].handle_request(request).status_code == 200
         clock.advance(0.1)
@@ -163,6 +183,52 @@ def test_sharing_budgets_balancers_never_overspend_a_window(clock: FakeClock) ->
     backend = _run(clock, state=MemoryStateStore(clock=clock))
     assert backend.throttled == 0
     assert all(n == 5 for n in backend.served.values())  # and the backend's capacity is used
+
+
+# ---------------------------------------------------------------------- backends that name no reset
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "alone"])
+def test_a_budget_that_names_no_reset_is_used_every_window(clock: FakeClock, shared: bool) -> None:
+    """Azure names no reset: a spent counter must not be believed for ``default_cooldown_s`` (10 s),
+    or a fleet sharing it sends nothing for 9 windows in 10 (it took 4 workers on Redis 9x as long
+    as one process). Every window is used, at no more than one 429 per window."""
+    backend = AzureBackend(clock, limit=5)
+    _run(clock, MemoryStateStore(clock=clock) if shared else None, 4 if shared else 1, backend)
+    assert backend.served == {0: 5, 1: 5, 2: 5}
+    assert backend.throttled <= 1
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "alone"])
+def test_a_window_longer_than_guessed_costs_one_429_per_window(clock: FakeClock, shared: bool) -> None:
+    """Windows of 2 s, longer than the first guess (1 s) and than any wait named (a whole second,
+    rounded up, named half-way through a window): each window costs one 429 at most, whose wait
+    tells when it ends, and each is used whole."""
+    backend = AzureBackend(clock, limit=5, window_s=2.0)
+    _run(clock, MemoryStateStore(clock=clock) if shared else None, 4 if shared else 1, backend, ticks=80)
+    assert backend.served == {0: 5, 1: 5, 2: 5, 3: 5}
+    assert backend.throttled <= 4
+
+
+def test_an_estimated_reset_never_moves_a_counters_end(store: MemoryStateStore, clock: FakeClock) -> None:
+    """Estimates (the backend named no reset) lower a live counter but leave its end where the
+    window's probe put it."""
+    assert store.reserve(KEYS, 0, [], 10.0).probe
+    store.report([BudgetReport(KEYS[0], 3, 1.0, None, estimated=True)])  # the probe's answer
+    clock.advance(0.5)
+    later = BudgetReport(KEYS[0], 1, 1.0, None, estimated=True)  # another balancer's, 0.5 s later
+    assert [store.reserve(KEYS, 0, [later], 10.0).granted for _ in range(2)] == [True, False]
+    refused = store.reserve(KEYS, 0, [], 10.0)
+    assert refused.wait_s == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert store.reserve(KEYS, 0, [], 10.0).probe  # the window ended when the probe's answer said
+
+
+def test_an_estimated_reset_starts_no_counter_of_its_own(store: MemoryStateStore, clock: FakeClock) -> None:
+    """With no window under way, an estimate may speak of one that has ended: it is dropped, and
+    says nothing of the window's length either."""
+    store.report([BudgetReport(KEYS[0], 0, 1.0, 4, estimated=True)])
+    assert store.reserve(KEYS, 0, [], 10.0).probe  # not refused: no counter, and no window to start from
 
 
 def test_a_late_report_of_the_last_window_does_not_end_the_current_one(
