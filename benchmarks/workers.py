@@ -13,19 +13,25 @@ runs the same work three ways against the simulator and counts what the backends
 Every process sends chat completions through the real openai SDK (``AzureOpenAI``, default settings:
 two retries, its own HTTP client) over a ``LoadBalancer``. The backends are three simulated instances of
 4 requests per 1 s window each (50 ms latency), all of priority 1, and in a second topology of
-priorities 1-2-2. A fresh simulator serves each run; a ``redis-server`` is started here on a free
-loopback port. Columns: ok and failed requests, wall time, the 429s the instances answered, the share of
-successes served by priority 1, and for Redis the round trips (EVALSHA calls) per request: one per
-reservation, granted or refused (a request refused by every backend's budget waits for the soonest
-window and asks again), and one more per window whose budget a request found out (its report).
-Below the table: what one reservation and one load of three keys take on loopback.
+priorities 1-2-2. The instances answer in two header styles: ``reset`` (the limit, remaining and
+reset on every success, whole-second ``Retry-After`` on a 429) and ``azure`` (as Azure OpenAI:
+only the remaining on a success, no limit and no reset, whole-second ``Retry-After`` on a 429, so a
+client cannot tell when a spent window ends). A fresh simulator serves each run; a ``redis-server``
+is started here on a free loopback port. Columns: ok and failed requests, wall time and its ratio to
+one process's, the 429s the instances answered and their ratio, the share of successes served by
+priority 1, and for Redis the round trips (EVALSHA calls) per request: one per reservation, granted
+or refused (a request refused by every backend's budget waits for the soonest window and asks
+again), and one more per window whose budget a request found out (its report). Below the table:
+what one reservation and one load of three keys take on loopback.
 
-    PYTHONPATH=src python benchmarks/workers.py            # the table (about two minutes)
+    PYTHONPATH=src python benchmarks/workers.py            # the table (about four minutes)
+    PYTHONPATH=src python benchmarks/workers.py --style azure --topology 1-1-1   # one part of it
     PYTHONPATH=src python benchmarks/workers.py --quick    # a smoke run: fewer requests, judges nothing
     PYTHONPATH=src python benchmarks/workers.py --json     # one JSON object
     PYTHONPATH=src python benchmarks/workers.py --check    # exit 1 when a target is missed
 
-Targets: with Redis, backend 429s at most 1.2x those of one process, and no failed request.
+Targets, in each style and topology: with Redis, no failed request, a wall time at most 1.2x one
+process's, and backend 429s at most 1.2x those of one process (or at most 6).
 """
 
 from __future__ import annotations
@@ -55,8 +61,13 @@ if _SRC.is_dir() and str(_SRC) not in sys.path:
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Barrier
 
+    from openai_priority_loadbalancer.simulator import HeaderStyle
+
 RATIO_MAX = 1.2
+FEW_429S = 6  # "at most 1.2x one process's 429s" is moot when one process sees almost none
 TOPOLOGIES: dict[str, tuple[int, ...]] = {"1-1-1": (1, 1, 1), "1-2-2": (1, 2, 2)}
+#: The simulator's header style of each style named here.
+STYLES: dict[str, HeaderStyle] = {"reset": "retry-after", "azure": "azure"}
 NAMES = ("eastus", "southcentralus", "westus")
 API_VERSION = "2024-10-21"
 MODEL = "gpt-4o"
@@ -129,18 +140,25 @@ def worker(job: Job, barrier: Barrier, results: Any) -> None:
 # ---------------------------------------------------------------------- one run
 
 
-def run(plan: Plan, topology: str, workers: int, redis: RedisServer | None, run_index: int) -> dict[str, Any]:
+def run(
+    plan: Plan, style: str, topology: str, workers: int, redis: RedisServer | None, run_index: int
+) -> dict[str, Any]:
     from openai_priority_loadbalancer.simulator import InstanceConfig, Simulator
 
     priorities = TOPOLOGIES[topology]
-    configs = [InstanceConfig(n, requests_per_window=plan.rpw, window_s=1.0, latency_s=0.05) for n in NAMES]
+    configs = [
+        InstanceConfig(
+            n, requests_per_window=plan.rpw, window_s=1.0, latency_s=0.05, header_style=STYLES[style]
+        )
+        for n in NAMES
+    ]
     ctx = multiprocessing.get_context("spawn")
     total = plan.workers * plan.requests
     per_worker = total // workers
     concurrency = max(1, plan.concurrency // workers)
     with Simulator(configs) as sim:
         urls = tuple((sim.url(n), p) for n, p in zip(NAMES, priorities, strict=True))
-        prefix = f"oplb-bench-{os.getpid()}-{topology}-{workers}-{run_index}:"
+        prefix = f"oplb-bench-{os.getpid()}-{style}-{topology}-{workers}-{run_index}:"
         job = Job(urls, per_worker, concurrency, redis.url if redis else None, prefix)
         barrier = ctx.Barrier(workers + 1)
         results = ctx.Queue()
@@ -290,23 +308,25 @@ def render(results: dict[str, Any], plan: Plan) -> str:
         "",
     ]
     header = (
-        f"{'topology':<9} {'setup':<20} {'ok':>5} {'failed':>7} {'wall s':>7} {'429s':>5} {'vs 1 proc':>9}"
+        f"{'style':<6} {'topology':<9} {'setup':<20} {'ok':>5} {'failed':>7} {'wall s':>7} {'vs 1':>6}"
+        f" {'429s':>5} {'vs 1':>7} {'p1 share':>8} {'RTT/req':>7}"
     )
-    header += f" {'p1 share':>8} {'RTT/req':>7}"
     lines += [header, "-" * len(header)]
-    for topology, rows in results["topologies"].items():
-        reference = rows["1 process"]["backend_429s"]
-        for setup, row in rows.items():
-            failed = sum(row["failed"].values())
-            ratio = f"{row['backend_429s'] / reference:.2f}x" if reference else "-"
-            share = f"{row['p1_share']:.0%}" if row["p1_share"] is not None else "-"
-            rtt = (
-                f"{row['round_trips_per_request']:.2f}" if row["round_trips_per_request"] is not None else "-"
-            )
-            lines.append(
-                f"{topology:<9} {setup:<20} {row['ok']:>5} {failed:>7} {row['wall_s']:>7.2f} "
-                f"{row['backend_429s']:>5} {ratio:>9} {share:>8} {rtt:>7}"
-            )
+    for style, topologies in results["styles"].items():
+        for topology, rows in topologies.items():
+            reference = rows["1 process"]
+            for setup, row in rows.items():
+                failed = sum(row["failed"].values())
+                wall = f"{row['wall_s'] / reference['wall_s']:.2f}x" if reference["wall_s"] else "-"
+                base = reference["backend_429s"]
+                ratio = f"{row['backend_429s'] / base:.2f}x" if base else "-"
+                share = f"{row['p1_share']:.0%}" if row["p1_share"] is not None else "-"
+                rtt = row["round_trips_per_request"]
+                lines.append(
+                    f"{style:<6} {topology:<9} {setup:<20} {row['ok']:>5} {failed:>7} {row['wall_s']:>7.2f} "
+                    f"{wall:>6} {row['backend_429s']:>5} {ratio:>7} {share:>8} "
+                    + (f"{rtt:>7.2f}" if rtt is not None else f"{'-':>7}")
+                )
     lines.append("")
     for name, cost in results["store_us"].items():
         lines.append(
@@ -314,20 +334,25 @@ def render(results: dict[str, Any], plan: Plan) -> str:
             f"{cost['async_us']:.0f} µs async"
         )
     lines.append("")
-    for topology, verdict in results["targets"].items():
+    for name, verdict in results["targets"].items():
         lines.append(
-            f"target {topology}: Redis 429s <= {RATIO_MAX}x one process's and no failure: "
-            + ("met" if verdict else "MISSED")
+            f"target {name}: with Redis no failure, wall time and 429s <= {RATIO_MAX}x one process's "
+            f"(429s: or <= {FEW_429S}): " + ("met" if verdict else "MISSED")
         )
     return "\n".join(lines)
 
 
 def judge(results: dict[str, Any]) -> dict[str, bool]:
     verdicts = {}
-    for topology, rows in results["topologies"].items():
-        reference = rows["1 process"]["backend_429s"]
-        shared = rows["4 processes, Redis"]
-        verdicts[topology] = shared["backend_429s"] <= RATIO_MAX * max(reference, 1) and not shared["failed"]
+    for style, topologies in results["styles"].items():
+        for topology, rows in topologies.items():
+            reference = rows["1 process"]
+            shared = rows["4 processes, Redis"]
+            verdicts[f"{style} {topology}"] = (
+                not shared["failed"]
+                and shared["wall_s"] <= RATIO_MAX * reference["wall_s"]
+                and shared["backend_429s"] <= max(RATIO_MAX * reference["backend_429s"], FEW_429S)
+            )
     return verdicts
 
 
@@ -339,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs per setup; the median by 429s is shown")
     parser.add_argument("--requests", type=int, default=48, help="requests per worker (default 48)")
     parser.add_argument("--concurrency", type=int, default=12, help="requests in flight in all (default 12)")
+    parser.add_argument(
+        "--style", choices=STYLES, action="append", help="only this header style (repeatable)"
+    )
+    parser.add_argument(
+        "--topology", choices=TOPOLOGIES, action="append", help="only this topology (repeatable)"
+    )
     args = parser.parse_args(argv)
     binary = shutil.which("redis-server")
     if binary is None:
@@ -347,15 +378,24 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(4, 8 if args.quick else args.requests, args.concurrency, 4, 1 if args.quick else args.runs)
     redis = RedisServer(binary)
     try:
-        results: dict[str, Any] = {"quick": args.quick, "plan": plan.__dict__, "topologies": {}}
-        for topology in TOPOLOGIES:
-            rows: dict[str, Any] = {}
-            for setup, workers, shared in SETUPS:
-                runs = [run(plan, topology, workers, redis if shared else None, i) for i in range(plan.runs)]
-                rows[setup] = median_run(runs)
-                if not args.json:
-                    print(f"  {topology} {setup}: {rows[setup]['backend_429s']} 429s", file=sys.stderr)
-            results["topologies"][topology] = rows
+        results: dict[str, Any] = {"quick": args.quick, "plan": plan.__dict__, "styles": {}}
+        for style in args.style or STYLES:
+            topologies: dict[str, Any] = results["styles"].setdefault(style, {})
+            for topology in args.topology or TOPOLOGIES:
+                rows: dict[str, Any] = {}
+                for setup, workers, shared in SETUPS:
+                    runs = [
+                        run(plan, style, topology, workers, redis if shared else None, i)
+                        for i in range(plan.runs)
+                    ]
+                    rows[setup] = median_run(runs)
+                    if not args.json:
+                        row = rows[setup]
+                        print(
+                            f"  {style} {topology} {setup}: {row['wall_s']} s, {row['backend_429s']} 429s",
+                            file=sys.stderr,
+                        )
+                topologies[topology] = rows
         results["store_us"] = measure_store_us(redis, 300 if args.quick else 3000)
     finally:
         redis.close()
