@@ -176,13 +176,16 @@ local function apply(kb, ab, count)
       local left, px = tonumber(remaining), math.ceil(reset / 1000)
       local value = redis.call('GET', budget)
       local kept = tonumber(value)
-      if kept then
+      if kept and estimated then
+        -- Lowered in place: its end stays exactly where it was.
+        if left < kept then redis.call('DECRBY', budget, kept - left) end
+      elseif kept then
         -- Only lower a live counter, and never end its window sooner (a late report of the last one).
         if kept < left then left = kept end
         local ttl = redis.call('PTTL', budget)
-        if ttl > px or estimated then px = ttl end
-      end
-      if kept or value or not estimated then
+        if ttl > px then px = ttl end
+        redis.call('SET', budget, string.format('%.0f', left), 'PX', px)
+      elseif value or not estimated then
         redis.call('SET', budget, string.format('%.0f', left), 'PX', px)
       end
     end
