@@ -168,7 +168,9 @@ class BaseLoadBalancer:
             holding it can answer), nor beyond the request's own read timeout, nor to the last
             backend the request can go to now; and once the headers have come, the body is read
             with the request's own read timeout, so nothing that reached the caller is cut or
-            replayed.
+            replayed. (Over HTTP/2, httpcore ends the whole connection on a read timeout, and with
+            it the other streams in flight on it to that backend; the default transports speak
+            HTTP/1.1.)
 
     Raises:
         TypeError: ``backends`` is not a list of :class:`Backend`.
