@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from openai_priority_loadbalancer.simulator import InstanceConfig, Simulator
+from openai_priority_loadbalancer.simulator import _stored as stored_module
 from openai_priority_loadbalancer.simulator._stored import DEFAULT_MAX_OUTPUT_TOKENS
 
 if TYPE_CHECKING:
@@ -215,6 +216,46 @@ def test_a_stream_is_stored_in_progress_until_it_completes() -> None:
         assert other.get(f"{url}/{response_id}").json()["status"] == "completed"
 
 
+def test_a_responses_stream_honours_start_latency_and_first_chunk_delay(client: httpx.Client) -> None:
+    configs = [
+        InstanceConfig("late", latency_s=0.3, stream_chunks=2),
+        InstanceConfig("early", first_chunk_delay_s=0.3, stream_chunks=2),
+    ]
+    body = {"model": "gpt-4o", "input": "hi", "stream": True}
+    with Simulator(configs) as sim:
+        for name, headers_after in (("late", (0.3, 1.0)), ("early", (0.0, 0.2))):
+            started = time.monotonic()
+            with client.stream("POST", sim.url(name) + V1, json=body) as answer:
+                headers_at = time.monotonic() - started
+                first = next(line for line in answer.iter_lines() if line.startswith("data: "))
+                first_at = time.monotonic() - started
+            assert headers_after[0] <= headers_at < headers_after[1], name
+            assert first_at >= 0.3, name
+            assert json.loads(first[len("data: ") :])["type"] == "response.created"
+
+
+def test_encrypted_reasoning_is_streamed_before_the_message(client: httpx.Client) -> None:
+    with Simulator([InstanceConfig("eastus", stream_chunks=1)]) as sim:
+        body = {"stream": True, "include": ["reasoning.encrypted_content"]}
+        events = sse_events(create(client, sim.url("eastus"), V1, **body).text)
+        assert [name for name, _ in events] == [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+        assert events[2][1]["item"]["type"] == "reasoning"
+        assert [data["output_index"] for _, data in events[2:10]] == [0, 0, 1, 1, 1, 1, 1, 1]
+        assert [item["type"] for item in events[-1][1]["response"]["output"]] == ["reasoning", "message"]
+
+
 # -- background and cancel -----------------------------------------------------------------------
 
 
@@ -297,6 +338,46 @@ def test_latency_delays_answers_but_not_not_found(client: httpx.Client) -> None:
         started = time.monotonic()
         assert client.get(f"{base}{AZURE}/resp_unknown").status_code == 404
         assert time.monotonic() - started < 0.15
+
+
+def test_azure_header_style_on_the_responses_api(client: httpx.Client) -> None:
+    config = InstanceConfig("eastus", requests_per_window=1, window_s=60, header_style="azure")
+    with Simulator([config]) as sim:
+        served = create(client, sim.url("eastus"))
+        assert served.headers["x-ratelimit-remaining-requests"] == "0"
+        assert "x-ratelimit-limit-requests" not in served.headers
+        assert "x-ratelimit-reset-requests" not in served.headers
+        throttled = client.get(f"{sim.url('eastus')}{AZURE}/{served.json()['id']}")
+        assert throttled.status_code == 429
+        assert throttled.headers["retry-after"].isdigit()
+
+
+def test_hanging_and_refusing_instances_hold_or_refuse_the_responses_api() -> None:
+    with Simulator(
+        [InstanceConfig("hang", failure="hang"), InstanceConfig("refuse", failure="refuse")]
+    ) as sim:
+        with httpx.Client(timeout=0.3) as short:
+            with pytest.raises(httpx.ReadTimeout):
+                create(short, sim.url("hang"))
+            with pytest.raises(httpx.ConnectError):
+                create(short, sim.url("refuse"))
+        assert sim.stats("hang").in_flight == 1
+
+
+def test_an_instance_keeps_a_bounded_number_of_objects(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stored_module, "MAX_STORED", 3)
+    with Simulator([InstanceConfig("eastus")]) as sim:
+        ids = [create(client, sim.url("eastus")).json()["id"] for _ in range(5)]
+        assert [sim.instance("eastus").holds(response_id) for response_id in ids] == [
+            False,
+            False,
+            True,
+            True,
+            True,
+        ]
+        assert client.get(f"{sim.url('eastus')}{AZURE}/{ids[0]}").status_code == 404
 
 
 def test_api_key_is_required_when_set(client: httpx.Client) -> None:

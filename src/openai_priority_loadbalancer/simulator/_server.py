@@ -265,7 +265,8 @@ class Simulator:
         """Zero the counters of one instance (or of all) and restart its rate-limit windows.
 
         The next request opens a fresh window with the full capacity. ``in_flight`` is kept:
-        those requests are still pending.
+        those requests are still pending; so are the stored objects (responses, conversations,
+        files).
 
         Raises:
             KeyError: No such instance.
