@@ -25,7 +25,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import _affinity
 from ._backend import Backend
-from ._cooldown import DEFAULT_MAX_COOLDOWN_S, RateLimitInfo, read_count, read_rate_limit
+from ._cooldown import (
+    DEFAULT_MAX_COOLDOWN_S,
+    LIMIT_REQUESTS,
+    REMAINING_REQUESTS,
+    REMAINING_TOKENS,
+    RETRY_AFTER,
+    RateLimitInfo,
+    header,
+    read_count,
+    read_rate_limit,
+)
 from ._events import (
     AbandonedEvent,
     AttemptEvent,
@@ -709,9 +719,7 @@ class BaseLoadBalancer:
                 self._set_aside(state, now, cooldown, "throttled", status)
                 # When the cooldown ends, so has the window: expect its full budget where the backend
                 # told its limit, else let one request find out before the others follow.
-                state.limit_requests = _int_header(
-                    headers, "x-ratelimit-limit-requests", state.limit_requests
-                )
+                state.limit_requests = _int_header(headers, LIMIT_REQUESTS, state.limit_requests)
                 state.refill(state.cooling_until + self._default_cooldown_s)
                 if self._budgets is not None:
                     self._pending_reports[state.index] = (0, now + cooldown, state.limit_requests, False)
@@ -721,7 +729,7 @@ class BaseLoadBalancer:
                     shares.append(self._set_aside_record(state, "throttled", cooldown))
             elif status in _RETRY_STATUSES:
                 # Only Retry-After counts on a 5xx: a reset header there speaks of the budget, not the outage.
-                retry = {k: v for k in ("retry-after-ms", "retry-after") if (v := headers.get(k)) is not None}
+                retry = {k: v for k in RETRY_AFTER if (v := headers.get(k)) is not None}
                 info = self._rate_limit(retry)
                 event = self._fail(state, now, info.cooldown_s or 0.0, str(status), started)
                 keep = False
@@ -732,13 +740,13 @@ class BaseLoadBalancer:
                 if status < 400:
                     state.successes += 1
                     state.throttle_streak = 0
-                requests_left = headers.get("x-ratelimit-remaining-requests")
-                tokens_left = headers.get("x-ratelimit-remaining-tokens")
+                requests_name, requests_left = header(headers, REMAINING_REQUESTS)
+                tokens_name, tokens_left = header(headers, REMAINING_TOKENS)
                 if requests_left is not None or tokens_left is not None:
                     # The backend admitted the attempt (and timed its reset) about one network hop
                     # after it was sent: half the answer's time, and no more than _ADMISSION_DELAY_S.
                     admitted = started + min((now - started) / 2, _ADMISSION_DELAY_S)
-                    remaining = read_count("x-ratelimit-remaining-requests", requests_left)
+                    remaining = read_count(requests_name, requests_left)
                     # Sharing budgets needs every answer's reset; otherwise it is read only when needed.
                     whole = self._rate_limit(headers) if self._budgets is not None else None
                     spent = self._note_budget(
@@ -747,7 +755,7 @@ class BaseLoadBalancer:
                         headers,
                         admitted,
                         remaining,
-                        read_count("x-ratelimit-remaining-tokens", tokens_left),
+                        read_count(tokens_name, tokens_left),
                         whole,
                     )
                     if spent is not None:
@@ -804,7 +812,7 @@ class BaseLoadBalancer:
         """
         if info is None:
             info = self._rate_limit(headers)
-        limit = _int_header(headers, "x-ratelimit-limit-requests", None)
+        limit = _int_header(headers, LIMIT_REQUESTS, None)
         if info.reset_requests_s is not None:
             return remaining, admitted + info.reset_requests_s, limit, False
         return remaining, admitted + self._window_s(state), limit, True
@@ -875,7 +883,7 @@ class BaseLoadBalancer:
         if not ((believed is not None and believed <= 1) or remaining_tokens == 0):
             state.budget_expires = now + self._default_cooldown_s
             return None
-        state.limit_requests = _int_header(headers, "x-ratelimit-limit-requests", state.limit_requests)
+        state.limit_requests = _int_header(headers, LIMIT_REQUESTS, state.limit_requests)
         if info is None:
             info = self._rate_limit(headers)
         reset = (
@@ -1108,8 +1116,8 @@ def _rewrite_deployment(raw_path: bytes, deployments: Mapping[str, str]) -> byte
     return prefix + target.encode() + rest[end:]
 
 
-def _int_header(headers: Any, name: str, default: int | None) -> int | None:
-    value = headers.get(name)
+def _int_header(headers: Any, names: tuple[str, ...], default: int | None) -> int | None:
+    _, value = header(headers, names)
     if value is None:
         return default
     value = value.strip()

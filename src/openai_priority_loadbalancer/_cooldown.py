@@ -6,7 +6,12 @@ and its value cut to 64 characters; no other header is ever logged) and then ign
 
 Numbers are ASCII digits with an optional fraction (``5``, ``0.532``): no sign, no exponent, no
 underscores, no ``nan``/``inf``, no digits of other scripts. Surrounding spaces and tabs (HTTP's
-optional whitespace) are ignored.
+optional whitespace) are ignored. A well-formed number too large to represent (``9`` repeated 400
+times) is not malformed: :func:`read_rate_limit` clamps it to its ``max_cooldown_s``.
+
+Header spellings: besides OpenAI's ``x-ratelimit-*`` and ``retry-after-ms``, Azure answers may carry
+``x-ms-retry-after-ms`` and hyphenated ``x-rate-limit-*`` names; each is read where its usual
+spelling is absent (the usual one wins when both are sent).
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from typing import Protocol
 
 __all__ = [
     "DEFAULT_MAX_COOLDOWN_S",
+    "LIMIT_REQUESTS",
+    "REMAINING_REQUESTS",
+    "REMAINING_TOKENS",
+    "RETRY_AFTER",
+    "header",
     "HeaderLookup",
     "RateLimitInfo",
     "parse_duration",
@@ -35,6 +45,17 @@ DEFAULT_MAX_COOLDOWN_S: float = 86_400.0
 """Longest cooldown a response can impose (one day); larger values are clamped to it."""
 
 _OWS = " \t"
+
+# Each rate-limit header under every spelling it is read by, the usual one first.
+RETRY_AFTER_MS: tuple[str, ...] = ("retry-after-ms", "x-ms-retry-after-ms")
+RETRY_AFTER_S: tuple[str, ...] = ("retry-after",)
+#: The headers that say when to come back, whatever the status (a 5xx reads only these).
+RETRY_AFTER: tuple[str, ...] = RETRY_AFTER_MS + RETRY_AFTER_S
+RESET_REQUESTS: tuple[str, ...] = ("x-ratelimit-reset-requests", "x-rate-limit-reset-requests")
+RESET_TOKENS: tuple[str, ...] = ("x-ratelimit-reset-tokens", "x-rate-limit-reset-tokens")
+REMAINING_REQUESTS: tuple[str, ...] = ("x-ratelimit-remaining-requests", "x-rate-limit-remaining-requests")
+REMAINING_TOKENS: tuple[str, ...] = ("x-ratelimit-remaining-tokens", "x-rate-limit-remaining-tokens")
+LIMIT_REQUESTS: tuple[str, ...] = ("x-ratelimit-limit-requests", "x-rate-limit-limit-requests")
 _LOGGED_VALUE_CHARS = 64
 
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
@@ -97,6 +118,16 @@ class HeaderLookup(Protocol):
     def get(self, key: str, /) -> str | None: ...
 
 
+def header(headers: HeaderLookup, names: tuple[str, ...]) -> tuple[str, str | None]:
+    """The first of ``names`` present in ``headers``: its name and value (the first name and None if
+    none is). The usual spelling is looked up first, so a backend that uses it costs one lookup."""
+    for name in names:
+        value = headers.get(name)
+        if value is not None:
+            return name, value
+    return names[0], None
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimitInfo:
     """What one response's rate-limit headers say.
@@ -123,19 +154,18 @@ def _log_malformed(name: str, value: str) -> None:
 
 
 def _parse_number(text: str) -> float | None:
-    """A stripped, non-negative decimal number in ASCII digits, or None."""
+    """A stripped, non-negative decimal number in ASCII digits (``math.inf`` if too large), or None."""
     if _NUMBER_RE.fullmatch(text) is None:
         return None
-    number = float(text)
-    return number if math.isfinite(number) else None
+    return float(text)  # digits only: never nan, and inf only when too large to represent
 
 
-def parse_duration(value: str) -> float | None:
-    """Seconds in a reset header: plain seconds ("1.5") or a Go duration ("1s", "6m0s", "250ms").
+def _finite(seconds: float | None) -> float | None:
+    return seconds if seconds is None or math.isfinite(seconds) else None
 
-    Units: h, m, s, ms, us (also µs, μs), ns, in any order, fractions allowed in each part. Returns
-    None for anything empty, malformed, negative or not finite.
-    """
+
+def _duration(value: str) -> float | None:
+    """:func:`parse_duration`, with ``math.inf`` for a well-formed value too large to represent."""
     text = value.strip(_OWS)
     if _DURATION_RE.fullmatch(text) is None:
         return _parse_number(text)
@@ -145,7 +175,16 @@ def parse_duration(value: str) -> float | None:
         if scale is None:
             return None
         total += float(number) * scale
-    return total if math.isfinite(total) else None
+    return total
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds in a reset header: plain seconds ("1.5") or a Go duration ("1s", "6m0s", "250ms").
+
+    Units: h, m, s, ms, us (also µs, μs), ns, in any order, fractions allowed in each part. Returns
+    None for anything empty, malformed, negative or not finite.
+    """
+    return _finite(_duration(value))
 
 
 def _parse_http_date(text: str) -> float | None:
@@ -191,6 +230,11 @@ def parse_retry_after(value: str, *, wall_now: float) -> float | None:
     A date is read relative to ``wall_now`` (seconds since the epoch, as from ``time.time()``); one
     already past gives 0.0. Returns None for anything empty, malformed, negative or not finite.
     """
+    return _finite(_retry_after(value, wall_now))
+
+
+def _retry_after(value: str, wall_now: float) -> float | None:
+    """:func:`parse_retry_after`, with ``math.inf`` for delta-seconds too large to represent."""
     text = value.strip(_OWS)
     seconds = _parse_number(text)
     if seconds is not None:
@@ -218,18 +262,21 @@ def read_count(name: str, value: str | None) -> int | None:
 
 
 def _clamp(name: str, seconds: float | None, max_cooldown_s: float) -> float | None:
+    """``seconds`` at most ``max_cooldown_s``; a value too large to represent (inf) is clamped too."""
     if seconds is not None and seconds > max_cooldown_s:
         _LOG.warning(
             "clamping rate-limit value name=%s seconds=%s to max_cooldown_s=%s", name, seconds, max_cooldown_s
         )
         return max_cooldown_s
+    if seconds is not None and not math.isfinite(seconds):  # max_cooldown_s is inf: nothing to clamp to
+        return None
     return seconds
 
 
 def _read_reset(name: str, value: str | None, max_cooldown_s: float) -> float | None:
     if value is None or value.strip(_OWS) == "-1":
         return None
-    seconds = parse_duration(value)
+    seconds = _duration(value)
     if seconds is None:
         _log_malformed(name, value)
     return _clamp(name, seconds, max_cooldown_s)
@@ -245,22 +292,23 @@ def read_rate_limit(
 ) -> RateLimitInfo:
     """Read one response's rate-limit headers (looked up by lowercase name).
 
-    ``cooldown_s``, first that parses wins: ``retry-after-ms``, ``retry-after`` (seconds or
-    HTTP-date, relative to ``wall_now``), then ``x-ratelimit-reset-requests`` /
-    ``x-ratelimit-reset-tokens``. When both resets parse, the one whose budget is exhausted
-    (remaining 0, the other's remaining known and above 0) governs; otherwise the longer. A value
-    above ``max_cooldown_s``, in any of those headers, is clamped to it. ``-1`` in an
+    ``cooldown_s``, first that parses wins: ``retry-after-ms`` (or ``x-ms-retry-after-ms``),
+    ``retry-after`` (seconds or HTTP-date, relative to ``wall_now``), then
+    ``x-ratelimit-reset-requests`` / ``x-ratelimit-reset-tokens`` (or their ``x-rate-limit-*``
+    spellings). When both resets parse, the one whose budget is exhausted (remaining 0, the other's
+    remaining known and above 0) governs; otherwise the longer. A value above ``max_cooldown_s``, in
+    any of those headers, is clamped to it, also one too large to represent. ``-1`` in an
     ``x-ratelimit-*`` header means unknown.
 
     Raises ValueError only for a negative or nan ``max_cooldown_s``; never for anything in ``headers``.
     """
     _check_max(max_cooldown_s)
-    retry_after_ms = headers.get("retry-after-ms")
+    ms_name, retry_after_ms = header(headers, RETRY_AFTER_MS)
     retry_after = headers.get("retry-after")
-    reset_requests_raw = headers.get("x-ratelimit-reset-requests")
-    reset_tokens_raw = headers.get("x-ratelimit-reset-tokens")
-    remaining_requests_raw = headers.get("x-ratelimit-remaining-requests")
-    remaining_tokens_raw = headers.get("x-ratelimit-remaining-tokens")
+    reset_requests_name, reset_requests_raw = header(headers, RESET_REQUESTS)
+    reset_tokens_name, reset_tokens_raw = header(headers, RESET_TOKENS)
+    remaining_requests_name, remaining_requests_raw = header(headers, REMAINING_REQUESTS)
+    remaining_tokens_name, remaining_tokens_raw = header(headers, REMAINING_TOKENS)
     if (
         retry_after_ms is None
         and retry_after is None
@@ -271,20 +319,20 @@ def read_rate_limit(
     ):
         return _NO_INFO
 
-    remaining_requests = read_count("x-ratelimit-remaining-requests", remaining_requests_raw)
-    remaining_tokens = read_count("x-ratelimit-remaining-tokens", remaining_tokens_raw)
-    reset_requests = _read_reset("x-ratelimit-reset-requests", reset_requests_raw, max_cooldown_s)
-    reset_tokens = _read_reset("x-ratelimit-reset-tokens", reset_tokens_raw, max_cooldown_s)
+    remaining_requests = read_count(remaining_requests_name, remaining_requests_raw)
+    remaining_tokens = read_count(remaining_tokens_name, remaining_tokens_raw)
+    reset_requests = _read_reset(reset_requests_name, reset_requests_raw, max_cooldown_s)
+    reset_tokens = _read_reset(reset_tokens_name, reset_tokens_raw, max_cooldown_s)
 
     cooldown: float | None = None
     if retry_after_ms is not None:
         milliseconds = _parse_number(retry_after_ms.strip(_OWS))
         if milliseconds is None:
-            _log_malformed("retry-after-ms", retry_after_ms)
+            _log_malformed(ms_name, retry_after_ms)
         else:
-            cooldown = _clamp("retry-after-ms", milliseconds / 1000.0, max_cooldown_s)
+            cooldown = _clamp(ms_name, milliseconds / 1000.0, max_cooldown_s)
     if cooldown is None and retry_after is not None:
-        cooldown = parse_retry_after(retry_after, wall_now=wall_now)
+        cooldown = _retry_after(retry_after, wall_now)
         if cooldown is None:
             _log_malformed("retry-after", retry_after)
         else:
@@ -313,4 +361,4 @@ def cooldown_from_body(text: str, *, max_cooldown_s: float = DEFAULT_MAX_COOLDOW
     match = _BODY_RE.search(text)
     if match is None:
         return None
-    return _clamp("body", _parse_number(match[1]), max_cooldown_s)
+    return _clamp("body", _finite(_parse_number(match[1])), max_cooldown_s)

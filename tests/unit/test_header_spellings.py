@@ -1,0 +1,97 @@
+"""Each spelling of the rate-limit headers Azure sends is honoured by the balancer (DESIGN 3, 10)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from _unit_support import A, B, MakeLb, post
+
+from openai_priority_loadbalancer import Backend
+
+HUGE = "1" + "0" * 400  # well-formed, beyond a double's range
+
+
+@pytest.fixture
+def client_for(lib: Any) -> Any:
+    clients: list[Any] = []
+
+    def make(lb: Any) -> Any:
+        client = lib.Client(transport=lb)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def _is_set_aside_for(client: Any, clock: Any, seconds: float) -> None:
+    """A is passed over until exactly ``seconds`` after the start, then used again."""
+    clock.set(clock.start + seconds - 0.001)
+    assert post(client).json() == {"host": B}
+    clock.set(clock.start + seconds)
+    assert post(client).json() == {"host": A}
+
+
+@pytest.mark.parametrize(
+    ("headers", "cooldown"),
+    [
+        ({"x-ms-retry-after-ms": "1500", "retry-after": "10"}, 1.5),
+        ({"retry-after-ms": "2500", "x-ms-retry-after-ms": "1500"}, 2.5),
+        ({"x-rate-limit-reset-requests": "2s"}, 2),
+        ({"x-rate-limit-reset-tokens": "1.5"}, 1.5),
+        (
+            {
+                "x-rate-limit-reset-requests": "2s",
+                "x-rate-limit-reset-tokens": "20s",
+                "x-rate-limit-remaining-requests": "5",
+                "x-rate-limit-remaining-tokens": "0",
+            },
+            20,
+        ),
+        ({"x-ratelimit-reset-tokens": "-1", "x-ratelimit-remaining-tokens": "-1"}, 12),  # unknown: default
+        ({"retry-after": HUGE}, 60),  # clamped to max_cooldown_s, not ignored
+        ({"x-ms-retry-after-ms": HUGE}, 60),
+        ({"x-rate-limit-reset-tokens": HUGE + "h"}, 60),
+    ],
+    ids=lambda v: json.dumps(v)[:60] if isinstance(v, dict) else str(v),
+)
+def test_429_spellings(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any, headers: dict[str, str], cooldown: float
+) -> None:
+    router.script(A, (429, headers))
+    client = client_for(make_lb([Backend(A, 1), Backend(B, 2)], default_cooldown_s=12, max_cooldown_s=60))
+    assert post(client).json() == {"host": B}
+    _is_set_aside_for(client, clock, cooldown)
+
+
+def test_5xx_honours_x_ms_retry_after_ms(make_lb: MakeLb, router: Any, client_for: Any, clock: Any) -> None:
+    router.script(A, (503, {"x-ms-retry-after-ms": "5000"}))
+    client = client_for(make_lb([Backend(A, 1), Backend(B, 2)], failure_backoff_s=1))
+    assert post(client).json() == {"host": B}
+    _is_set_aside_for(client, clock, 5)
+
+
+def test_success_with_hyphenated_remaining_zero_sets_aside_until_its_reset(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any
+) -> None:
+    spent = {"x-rate-limit-remaining-requests": "0", "x-rate-limit-reset-requests": "3s"}
+    router.script(A, (200, spent))
+    client = client_for(make_lb([Backend(A, 1), Backend(B, 2)]))
+    assert post(client).json() == {"host": A}
+    _is_set_aside_for(client, clock, 3)
+
+
+def test_success_with_hyphenated_remaining_shows_in_stats(
+    make_lb: MakeLb, router: Any, client_for: Any
+) -> None:
+    router.script(
+        A, (200, {"x-rate-limit-remaining-requests": "41", "x-rate-limit-remaining-tokens": "9000"})
+    )
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    client = client_for(lb)
+    assert post(client).json() == {"host": A}
+    (a, _) = lb.stats()
+    assert (a.remaining_requests, a.remaining_tokens) == (41, 9000)
