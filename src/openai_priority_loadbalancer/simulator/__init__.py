@@ -39,7 +39,7 @@ which instance keeps an object::
 Command line: ``python -m openai_priority_loadbalancer.simulator --help``.
 """
 
-from ._config import FailureMode, HeaderStyle, InstanceConfig
+from ._config import DeploymentLimits, FailureMode, HeaderStyle, InstanceConfig
 from ._server import SimulatedInstance, Simulator
 from ._stats import InstanceStats, Outcome, RequestRecord
 from ._stored import MAX_STORED
@@ -47,6 +47,7 @@ from ._stored import MAX_STORED
 __all__ = [
     "Simulator",
     "InstanceConfig",
+    "DeploymentLimits",
     "InstanceStats",
     "SimulatedInstance",
     "RequestRecord",

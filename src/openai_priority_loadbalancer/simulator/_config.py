@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import KW_ONLY, dataclass
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from types import MappingProxyType
 from typing import Literal, get_args
 
-__all__ = ["FAILURE_MODES", "HEADER_STYLES", "FailureMode", "HeaderStyle", "InstanceConfig"]
+__all__ = [
+    "FAILURE_MODES",
+    "HEADER_STYLES",
+    "DeploymentLimits",
+    "FailureMode",
+    "HeaderStyle",
+    "InstanceConfig",
+]
 
 FailureMode = Literal["500", "503", "refuse", "hang"]
 """How a failing instance misbehaves (see `InstanceConfig.failure`)."""
@@ -27,6 +36,31 @@ FAILURE_MODES: tuple[str, ...] = get_args(FailureMode)
 HEADER_STYLES: tuple[str, ...] = get_args(HeaderStyle)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class DeploymentLimits:
+    """The quota of one deployment of an instance (see `InstanceConfig.deployments`).
+
+    Args:
+        requests_per_window: Requests admitted per window; ``None`` means unlimited.
+        tokens_per_minute: Token budget, enforced per window pro rata as the instance's own;
+            ``None`` means unlimited.
+    """
+
+    _: KW_ONLY
+    requests_per_window: int | None = None
+    tokens_per_minute: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("requests_per_window", self.requests_per_window, minimum=0, optional=True)
+        _check_int("tokens_per_minute", self.tokens_per_minute, minimum=1, optional=True)
+
+    def tokens_per_window(self, window_s: float) -> int | None:
+        """The token budget of one window of ``window_s`` seconds, or ``None`` without one."""
+        if self.tokens_per_minute is None:
+            return None
+        return max(1, math.floor(self.tokens_per_minute * window_s / 60))
 
 
 @dataclass(frozen=True)
@@ -83,6 +117,12 @@ class InstanceConfig:
             ``x-ratelimit-remaining-*`` (and, on successes, ``x-ratelimit-reset-requests``).
             With ``False`` a 429 carries only what ``header_style`` asks for and successes
             carry nothing about the budget.
+        deployments: ``None`` (default): the instance serves any deployment (or v1 ``model``)
+            and meters all of them together by ``requests_per_window`` and
+            ``tokens_per_minute``. A mapping: the deployments the instance has, each metered on
+            its own by its `DeploymentLimits` (the instance-wide limits then do not apply), as
+            Azure meters each deployment; a request for any other gets Azure's
+            ``404 DeploymentNotFound``.
 
     Raises:
         ValueError: A value is out of range.
@@ -103,6 +143,7 @@ class InstanceConfig:
     api_key: str | None = None
     port: int = 0
     ratelimit_headers: bool = True
+    deployments: Mapping[str, DeploymentLimits] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -127,6 +168,17 @@ class InstanceConfig:
             raise ValueError("api_key must be None or a non-empty str")
         if not isinstance(self.ratelimit_headers, bool):
             raise TypeError("ratelimit_headers must be a bool")
+        if self.deployments is not None:
+            if not isinstance(self.deployments, Mapping):
+                raise TypeError(
+                    f"deployments must be None or a mapping, not {type(self.deployments).__name__}"
+                )
+            for key, limits in self.deployments.items():
+                if not isinstance(key, str) or not key or "/" in key:
+                    raise ValueError(f"deployments: a name must be a non-empty str without '/', not {key!r}")
+                if not isinstance(limits, DeploymentLimits):
+                    raise TypeError(f"deployments[{key!r}] must be a DeploymentLimits, not {limits!r}")
+            object.__setattr__(self, "deployments", MappingProxyType(dict(self.deployments)))
 
     @property
     def tokens_per_window(self) -> int | None:

@@ -74,6 +74,15 @@ _STORED_ROUTES: dict[tuple[str, ...], dict[str, str]] = {
 # Operations whose body must be a JSON object (others may send an empty body).
 _JSON_OPERATIONS = frozenset({"responses.create", "conversations.update", "conversations.items.create"})
 _JSON = ("content-type", "application/json")
+_DEPLOYMENT_NOT_FOUND = json.dumps(
+    {
+        "error": {
+            "code": "DeploymentNotFound",
+            "message": "The API deployment for this resource does not exist. If you created the deployment "
+            "within the last 5 minutes, please wait a moment and try again.",
+        }
+    }
+).encode()
 
 _MESSAGES = {
     400: "BadRequest",
@@ -350,6 +359,9 @@ class InstanceRuntime:
         if not isinstance(model, str) or not model:
             self._reject(connection, request, arrival, 400, _invalid("'model' is a required property."))
             return None
+        if config.deployments is not None and model not in config.deployments:
+            self._reject(connection, request, arrival, 404, _DEPLOYMENT_NOT_FOUND)
+            return None
         inputs: list[tuple[int, int]] | None = None
         if operation == _CHAT:
             messages = body.get("messages")
@@ -372,7 +384,9 @@ class InstanceRuntime:
             max_tokens = 0
 
         streaming = operation == _CHAT and body.get("stream") is True
-        admission = self._admit(config, arrival, cost, deferred=streaming or config.latency_s > 0)
+        admission = self._admit(
+            config, arrival, cost, deferred=streaming or config.latency_s > 0, deployment=model
+        )
         name = config.name
         if admission.throttled_by is not None:
             self._throttle(connection, request, config, admission, arrival, _OPERATIONS[operation])
@@ -434,6 +448,10 @@ class InstanceRuntime:
         if operation == "responses.create" and (not isinstance(body.get("model"), str) or not body["model"]):
             self._reject(connection, request, arrival, 400, _invalid("'model' is a required property."))
             return None
+        deployment = body["model"] if operation == "responses.create" else ""
+        if deployment and config.deployments is not None and deployment not in config.deployments:
+            self._reject(connection, request, arrival, 404, _DEPLOYMENT_NOT_FOUND)
+            return None
         prepared = self.store.prepare(operation, ids, body, dict(parse_qsl(request.query)))
         if not isinstance(prepared, Prepared):
             self._reject(connection, request, arrival, prepared.status, prepared.body)
@@ -447,6 +465,7 @@ class InstanceRuntime:
             prepared.cost,
             deferred=missing is None and (streaming or config.latency_s > 0),
             outcome="served" if missing is None else "not_found",
+            deployment=deployment,
         )
         if admission.throttled_by is not None:
             self._throttle(connection, request, config, admission, arrival, _operation_name(operation))
@@ -492,11 +511,23 @@ class InstanceRuntime:
         return body
 
     def _admit(
-        self, config: InstanceConfig, now: float, cost: int, *, deferred: bool, outcome: Outcome = "served"
+        self,
+        config: InstanceConfig,
+        now: float,
+        cost: int,
+        *,
+        deferred: bool,
+        outcome: Outcome = "served",
+        deployment: str = "",
     ) -> _Admission:
         recorder = self.recorder
-        limit = config.requests_per_window
-        budget = config.tokens_per_window
+        limits = config.deployments.get(deployment) if config.deployments is not None else None
+        if limits is None:
+            limit = config.requests_per_window
+            budget = config.tokens_per_window
+        else:
+            limit = limits.requests_per_window
+            budget = limits.tokens_per_window(config.window_s)
         with recorder.lock:
             recorder.received += 1
             if recorder.window_start is None:
@@ -506,18 +537,27 @@ class InstanceRuntime:
                 recorder.window_index = index
                 recorder.window_requests = 0
                 recorder.window_tokens = 0
+                recorder.deployment_windows.clear()
                 missing = index + 1 - len(recorder.served_per_window)
                 if missing > 0:
                     recorder.served_per_window.extend([0] * missing)
             reset_at = recorder.window_start + (index + 1) * config.window_s
+            # [requests, tokens] used in this window: the instance's, or with deployments the deployment's
+            used = (
+                [recorder.window_requests, recorder.window_tokens]
+                if limits is None
+                else recorder.deployment_windows.setdefault(deployment, [0, 0])
+            )
             throttled_by = None
-            if limit is not None and recorder.window_requests >= limit:
+            if limit is not None and used[0] >= limit:
                 throttled_by = "requests"
-            elif budget is not None and recorder.window_tokens + cost > budget:
+            elif budget is not None and used[1] + cost > budget:
                 throttled_by = "tokens"
             if throttled_by is None:
-                recorder.window_requests += 1
-                recorder.window_tokens += cost
+                used[0] += 1
+                used[1] += cost
+                if limits is None:
+                    recorder.window_requests, recorder.window_tokens = used
                 recorder.tokens += cost
                 if outcome == "served":
                     recorder.served += 1
@@ -534,9 +574,9 @@ class InstanceRuntime:
                 throttled_by,
                 reset_at,
                 limit,
-                0 if limit is None else limit - recorder.window_requests,
+                0 if limit is None else limit - used[0],
                 budget,
-                0 if budget is None else budget - recorder.window_tokens,
+                0 if budget is None else budget - used[1],
             )
 
     def _throttle(

@@ -97,6 +97,8 @@ class StatsRecorder:
         self.window_index = -1
         self.window_requests = 0
         self.window_tokens = 0
+        #: Per deployment (with ``InstanceConfig.deployments``): [requests, tokens] of the window.
+        self.deployment_windows: dict[str, list[int]] = {}
         self.served_per_window: list[int] = []
         self.records: deque[RequestRecord] = deque(maxlen=MAX_RECORDS)
 
