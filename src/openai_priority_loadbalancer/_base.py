@@ -36,6 +36,7 @@ from ._cooldown import (
     read_count,
     read_rate_limit,
 )
+from ._deployment import deployment_of
 from ._events import (
     AbandonedEvent,
     AttemptEvent,
@@ -181,6 +182,9 @@ class BaseLoadBalancer:
             replayed. (Over HTTP/2, httpcore ends the whole connection on a read timeout, and with
             it the other streams in flight on it to that backend; the default transports speak
             HTTP/1.1.)
+        missing_deployment_s: how long a deployment a backend answered 404 for (Azure's
+            ``DeploymentNotFound``) is set aside on that backend: its requests go to the other
+            backends meanwhile (default five minutes).
 
     Raises:
         TypeError: ``backends`` is not a list of :class:`Backend`.
@@ -207,6 +211,7 @@ class BaseLoadBalancer:
         affinity_max_objects: int = _affinity.DEFAULT_MAX_OBJECTS,
         affinity_ttl_s: float = _affinity.DEFAULT_OWNER_TTL_S,
         first_byte_timeout_s: float | None = None,
+        missing_deployment_s: float = 300.0,
     ) -> None:
         self.backends = _validated(backends)
         for name, value in (
@@ -215,6 +220,7 @@ class BaseLoadBalancer:
             ("failure_backoff_s", failure_backoff_s),
             ("failure_backoff_max_s", failure_backoff_max_s),
             ("max_wait_s", max_wait_s),
+            ("missing_deployment_s", missing_deployment_s),
         ):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -244,6 +250,10 @@ class BaseLoadBalancer:
         self._backoff_s = float(failure_backoff_s)
         self._backoff_max_s = float(failure_backoff_max_s)
         self._max_wait_s = float(max_wait_s)
+        self._missing_s = float(missing_deployment_s)
+        # (backend index, deployment as the caller names it) -> monotonic time until which the
+        # backend is believed to lack that deployment (it answered 404 for it).
+        self._missing: dict[tuple[int, str], float] = {}
         self._states = [BackendState(backend, i) for i, backend in enumerate(self.backends)]
         # The backends' names in the shared store (only a balancer with a store needs them).
         self._shared_keys = [shared_key(b) for b in self.backends] if state is not None else []
@@ -303,13 +313,24 @@ class BaseLoadBalancer:
             if first_byte_s is None or (pin is not None and pin.bound)
             else _first_byte_limit(request, first_byte_s)
         )
+        deployment: str | None = None  # read only once a backend is known to lack some deployment
+        deployment_read = False
         while True:
             if loads:
                 self._merge_shared((yield (SHARE, ("load", (self._shared_keys,)))))
             now = self._clock()
             if pin is not None:
                 tried |= pin.excluded(len(self._states))
-            state, probe, seq = self._choose(now, tried)
+            skip = tried
+            if self._missing and pin is None:
+                if not deployment_read:
+                    deployment, deployment_read = deployment_of(request.url.raw_path, request.content), True
+                if deployment is not None:
+                    missing = self._missing_on(deployment, now)
+                    # Lacking everywhere: tried anyway, and the first 404 goes to the caller.
+                    if missing and len(missing) < len(self._states):
+                        skip = tried | missing
+            state, probe, seq = self._choose(now, skip)
             if state is None:
                 among = pin.among() if pin is not None else None
                 if deadline is None:
@@ -408,6 +429,12 @@ class BaseLoadBalancer:
                 keep = pin.judge(state, response, keep)
                 if keep and (learned := pin.served(state, response, lib)) is not None:
                     yield from self._settle(state, False, [learned], response)
+            elif keep and response.status_code == 404:
+                if not deployment_read:
+                    deployment, deployment_read = deployment_of(request.url.raw_path, request.content), True
+                if deployment is not None and self._lacks(state, deployment, tried, now):
+                    yield (CLOSE, response)  # another backend may have the deployment
+                    continue
             if keep:
                 response.extensions[EXTENSION] = Routing(
                     backend.id, tuple(attempts), pin.why if pin is not None else None
@@ -416,6 +443,31 @@ class BaseLoadBalancer:
                     response.headers[self._backend_header] = backend.id
                 return response
             yield (CLOSE, response)
+
+    def _missing_on(self, deployment: str, now: float) -> set[int]:
+        """The backends believed to lack ``deployment`` now (expired beliefs are forgotten)."""
+        missing: set[int] = set()
+        with self._lock:
+            for key, until in list(self._missing.items()):
+                if until <= now:
+                    del self._missing[key]
+                elif key[1] == deployment:
+                    missing.add(key[0])
+        return missing
+
+    def _lacks(self, state: BackendState, deployment: str, tried: set[int], now: float) -> bool:
+        """Note that ``state``'s backend lacks ``deployment`` (it answered 404); whether another
+        backend, not tried by this request, may have it (else the 404 goes to the caller)."""
+        with self._lock:
+            self._missing[(state.index, deployment)] = now + self._missing_s
+        logger.info(
+            "deployment not found on backend backend=%s deployment=%s set_aside_s=%.0f",
+            state.backend.id,
+            deployment,
+            self._missing_s,
+        )
+        missing = self._missing_on(deployment, now)
+        return any(s.index not in tried and s.index not in missing for s in self._states)
 
     def _emit(self, event: Event) -> None:
         """Hand ``event`` to the ``on_event`` callback; whatever it raises is logged, never propagated."""
@@ -740,6 +792,8 @@ class BaseLoadBalancer:
                 if status < 400:
                     state.successes += 1
                     state.throttle_streak = 0
+                elif status < 500:
+                    state.rejected += 1
                 requests_name, requests_left = header(headers, REMAINING_REQUESTS)
                 tokens_name, tokens_left = header(headers, REMAINING_TOKENS)
                 if requests_left is not None or tokens_left is not None:

@@ -40,6 +40,7 @@ class BackendState:
         "pinned",
         "probe_first",
         "probing",
+        "rejected",
         "remaining_requests",
         "remaining_seq",
         "remaining_tokens",
@@ -103,6 +104,8 @@ class BackendState:
         self.failed = 0
         #: Attempts given up because the backend had not begun answering within the first-byte deadline.
         self.slow = 0
+        #: 4xx answers other than 429: the caller's problem (or a deployment the backend lacks).
+        self.rejected = 0
         #: The last LATENCY_WINDOW latencies (seconds), a ring: a flat array of doubles, no objects.
         self.latencies = array("d")
         self.latency_count = 0

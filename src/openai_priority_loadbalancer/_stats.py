@@ -41,6 +41,8 @@ class BackendStats:
     API chains, conversations, files, ...)."""
     slow: int = 0
     """Attempts given up for not answering within the first-byte deadline (counted in ``failures`` too)."""
+    rejected: int = 0
+    """4xx answers other than 429 (the caller's problem, or a deployment the backend lacks)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class Totals:
     pinned: int = 0
     """Answers to requests that named a stored object (sent to its backend only)."""
     slow: int = 0
+    rejected: int = 0
 
 
 class Stats(tuple[BackendStats, ...]):
@@ -77,10 +80,12 @@ class Stats(tuple[BackendStats, ...]):
             backends=len(self),
             pinned=sum(s.pinned for s in self),
             slow=sum(s.slow for s in self),
+            rejected=sum(s.rejected for s in self),
         )
 
     def __str__(self) -> str:
-        header = ["backend", "prio", "requests", "ok", "429", "failed", "in flight", "cooling s", "breaker"]
+        header = ["backend", "prio", "requests", "ok", "429", "failed", "rejected", "in flight", "cooling s"]
+        header += ["breaker"]
         header += ["p50 ms", "p95 ms", "remaining req", "remaining tok"]
         pinned = any(s.pinned for s in self)  # a column only for balancers that pinned requests
         if pinned:
@@ -98,6 +103,7 @@ class Stats(tuple[BackendStats, ...]):
                     str(s.successes),
                     str(s.throttled),
                     str(s.failures),
+                    str(s.rejected),
                     str(s.in_flight),
                     f"{s.cooling_down_for_s:.1f}" if s.cooling_down_for_s else "-",
                     s.breaker,
@@ -111,7 +117,7 @@ class Stats(tuple[BackendStats, ...]):
             )
         t = self.total
         total = [f"total ({t.available}/{t.backends} available)", "", str(t.requests), str(t.successes)]
-        total += [str(t.throttled), str(t.failures), str(t.in_flight)]
+        total += [str(t.throttled), str(t.failures), str(t.rejected), str(t.in_flight)]
         rows.append(total + [""] * (len(header) - len(total)))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = [
@@ -151,6 +157,7 @@ def snapshot(s: BackendState, now: float) -> BackendStats:
         remaining_tokens=remaining_tokens,
         pinned=s.pinned,
         slow=s.slow,
+        rejected=s.rejected,
     )
 
 

@@ -1,0 +1,121 @@
+"""A deployment a backend lacks (404 DeploymentNotFound) fails over and is set aside on that backend;
+other 4xx stay the caller's, counted as rejected (DESIGN 2.5, issue 15)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from _unit_support import A, B, C, MakeLb, post, routing, stats_by_id
+
+from openai_priority_loadbalancer import Backend
+
+CHAT = "https://caller.example/openai/deployments/{}/chat/completions?api-version=2024-06-01"
+NOT_FOUND = (404, {"content-type": "application/json"})
+
+
+@pytest.fixture
+def client_for(lib: Any) -> Any:
+    clients: list[Any] = []
+
+    def make(lb: Any) -> Any:
+        client = lib.Client(transport=lb)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def lacking(router: Any, host: str, deployment: str) -> None:
+    """``host`` answers 404 for ``deployment`` (in the path or a v1 body's model), 200 otherwise."""
+
+    def answer(request: Any) -> Any:
+        names = request.url.path.split("/")
+        has = deployment not in names and f'"model":"{deployment}"' not in request.content.decode()
+        return router.lib.Response(200 if has else 404, json={"host": host})
+
+    router.always(host, answer)
+
+
+def test_fails_over_and_sets_the_deployment_aside_on_that_backend(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any
+) -> None:
+    lacking(router, A, "gpt-4o")
+    lb = make_lb([Backend(A, 1), Backend(B, 2)], missing_deployment_s=120)
+    client = client_for(lb)
+    first = post(client, CHAT.format("gpt-4o"))
+    assert (first.status_code, first.json()) == (200, {"host": B})
+    assert [(a.backend, a.status) for a in routing(first).attempts] == [(A, 404), (B, 200)]
+    for _ in range(5):
+        assert post(client, CHAT.format("gpt-4o")).json() == {"host": B}
+    assert post(client, CHAT.format("embed")).json() == {"host": A}  # only that deployment is set aside
+    assert len(router.for_host(A)) == 2
+    clock.advance(120)
+    assert post(client, CHAT.format("gpt-4o")).json() == {"host": B}  # A asked again: still lacking
+    assert len(router.for_host(A)) == 3
+    assert stats_by_id(lb)[A].rejected == 2
+    assert stats_by_id(lb)[A].cooling_down_for_s == 0  # the backend itself is not set aside
+
+
+def test_a_deployment_that_exists_nowhere_gets_the_last_404_after_one_try_each(
+    make_lb: MakeLb, router: Any, client_for: Any
+) -> None:
+    for host in (A, B, C):
+        lacking(router, host, "nowhere")
+    client = client_for(make_lb([Backend(A, 1), Backend(B, 2), Backend(C, 3)]))
+    response = post(client, CHAT.format("nowhere"))
+    assert (response.status_code, response.json()) == (404, {"host": C})
+    assert [a.backend for a in routing(response).attempts] == [A, B, C]
+    again = post(client, CHAT.format("nowhere"))  # set aside everywhere: one try, its 404 is final
+    assert again.status_code == 404
+    assert len(routing(again).attempts) == 1
+    assert post(client, CHAT.format("gpt-4o")).json() == {"host": A}
+
+
+def test_v1_reads_the_deployment_from_the_model(make_lb: MakeLb, router: Any, client_for: Any) -> None:
+    lacking(router, A, "gpt-4o")
+    client = client_for(make_lb([Backend(A, 1), Backend(B, 2)]))
+    url = "https://caller.example/openai/v1/chat/completions"
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    assert client.post(url, json=body).json() == {"host": B}
+    assert client.post(url, json=body).json() == {"host": B}
+    assert client.post(url, json={**body, "model": "other"}).json() == {"host": A}
+    assert len(router.for_host(A)) == 2
+
+
+def test_a_404_naming_no_deployment_goes_to_the_caller(make_lb: MakeLb, router: Any, client_for: Any) -> None:
+    router.always(A, NOT_FOUND)
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    client = client_for(lb)
+    response = client.get("https://caller.example/openai/files/file-123?api-version=2024-06-01")
+    assert response.status_code == 404
+    assert router.hosts == [A]
+    assert stats_by_id(lb)[A].rejected == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 409, 422])
+def test_other_4xx_stay_the_callers_and_are_counted(
+    make_lb: MakeLb, router: Any, client_for: Any, status: int
+) -> None:
+    router.script(A, status)
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    client = client_for(lb)
+    assert post(client).status_code == status
+    assert router.hosts == [A]
+    stats = lb.stats()
+    a = stats_by_id(lb)[A]
+    assert (a.requests, a.successes, a.rejected, a.throttled, a.failures) == (1, 0, 1, 0, 0)
+    assert stats.total.rejected == 1
+    table = str(stats).splitlines()
+    assert "rejected" in table[0]
+    column = table[0].split().index("rejected")
+    assert table[2].split()[column] == "1"
+
+
+def test_missing_deployment_s_is_validated(make_lb: MakeLb) -> None:
+    with pytest.raises(ValueError, match="missing_deployment_s"):
+        make_lb([Backend(A, 1)], missing_deployment_s=-1)
+    with pytest.raises(TypeError, match="missing_deployment_s"):
+        make_lb([Backend(A, 1)], missing_deployment_s="5")
