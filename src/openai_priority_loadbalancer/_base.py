@@ -108,6 +108,8 @@ _FIRST_WINDOW_GUESS_S: Final = 1.0
 # Tiers up to this size are scanned whole when choosing; larger ones are sampled (see _choose).
 _SCAN_LIMIT: Final = 32
 _SAMPLE: Final = 16
+# What Azure's 404 for a deployment a resource lacks says, in its JSON error body.
+_DEPLOYMENT_NOT_FOUND: Final = b'"DeploymentNotFound"'
 _TOKEN_CHARS: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # The headers of an attempt that carry a credential, and the shortest value taken out of an error's text.
 _CREDENTIAL_HEADERS: Final = ("api-key", "authorization")
@@ -432,9 +434,19 @@ class BaseLoadBalancer:
             elif keep and response.status_code == 404:
                 if not deployment_read:
                     deployment, deployment_read = deployment_of(request.url.raw_path, request.content), True
-                if deployment is not None and self._lacks(state, deployment, tried, now):
-                    yield (CLOSE, response)  # another backend may have the deployment
-                    continue
+                if deployment is not None:
+                    # Only Azure's body tells a missing deployment from another 404: a short error
+                    # body, read here (the caller still gets all of it) and only on a 404.
+                    try:
+                        yield (READ, response)
+                    except lib.failover_errors:
+                        yield (CLOSE, response)
+                        continue
+                    if _DEPLOYMENT_NOT_FOUND in response.content and self._lacks(
+                        state, deployment, tried, now
+                    ):
+                        yield (CLOSE, response)  # another backend may have the deployment
+                        continue
             if keep:
                 response.extensions[EXTENSION] = Routing(
                     backend.id, tuple(attempts), pin.why if pin is not None else None

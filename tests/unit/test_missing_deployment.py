@@ -34,7 +34,9 @@ def lacking(router: Any, host: str, deployment: str) -> None:
     def answer(request: Any) -> Any:
         names = request.url.path.split("/")
         has = deployment not in names and f'"model":"{deployment}"' not in request.content.decode()
-        return router.lib.Response(200 if has else 404, json={"host": host})
+        if has:
+            return router.lib.Response(200, json={"host": host})
+        return router.lib.Response(404, json={"host": host, "error": {"code": "DeploymentNotFound"}})
 
     router.always(host, answer)
 
@@ -66,7 +68,7 @@ def test_a_deployment_that_exists_nowhere_gets_the_last_404_after_one_try_each(
         lacking(router, host, "nowhere")
     client = client_for(make_lb([Backend(A, 1), Backend(B, 2), Backend(C, 3)]))
     response = post(client, CHAT.format("nowhere"))
-    assert (response.status_code, response.json()) == (404, {"host": C})
+    assert (response.status_code, response.json()["host"]) == (404, C)
     assert [a.backend for a in routing(response).attempts] == [A, B, C]
     again = post(client, CHAT.format("nowhere"))  # set aside everywhere: one try, its 404 is final
     assert again.status_code == 404
@@ -83,6 +85,16 @@ def test_v1_reads_the_deployment_from_the_model(make_lb: MakeLb, router: Any, cl
     assert client.post(url, json=body).json() == {"host": B}
     assert client.post(url, json={**body, "model": "other"}).json() == {"host": A}
     assert len(router.for_host(A)) == 2
+
+
+def test_another_404_on_a_deployment_goes_to_the_caller(
+    make_lb: MakeLb, router: Any, client_for: Any
+) -> None:
+    router.script(A, (404, {"x-ms-error-code": "NotFound"}))
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    response = post(client_for(lb), CHAT.format("gpt-4o"))
+    assert (response.status_code, response.json()) == (404, {"host": A})
+    assert router.hosts == [A]
 
 
 def test_a_404_naming_no_deployment_goes_to_the_caller(make_lb: MakeLb, router: Any, client_for: Any) -> None:

@@ -93,7 +93,7 @@ def test_stats_count_each_outcome(make_lb: MakeLb, router: Any, lib: Any, clock:
     assert (c.requests, c.successes, c.throttled, c.failures, c.in_flight) == (3, 1, 0, 1, 0)
     assert [(s.cooling_down_for_s, s.breaker) for s in (a, b, c)] == [(5, "closed"), (1, "open"), (1, "open")]
     assert lb.stats().total == Totals(
-        requests=5, successes=1, throttled=1, failures=2, in_flight=0, available=0, backends=3
+        requests=5, successes=1, throttled=1, failures=2, in_flight=0, available=0, backends=3, rejected=1
     )
     clock.advance(1)
     a, b, c = lb.stats()
@@ -221,23 +221,35 @@ def test_str_is_a_table_with_every_backend_and_a_total(make_lb: MakeLb, router: 
     lines = str(stats).splitlines()
     assert len(lines) == 1 + 1 + 3 + 1 + 1  # header, rule, one row per backend, rule, total
     header, rule, *rows, rule2, total = lines
-    for label in ("backend", "prio", "requests", "ok", "429", "failed", "in flight", "cooling s", "breaker"):
+    for label in ("backend", "prio", "requests", "ok", "429", "failed", "rejected", "in flight", "cooling s"):
         assert label in header
     for label in ("p50 ms", "p95 ms", "remaining req", "remaining tok"):
         assert label in header
     assert set(rule) == set(rule2) == {"-"}
     assert [row.split()[0] for row in rows] == [b.id for b in backends]
     a_row, b_row, prefix_row = (row.split() for row in rows)
-    assert a_row[:9] == [A, "1", "1", "0", "1", "0", "0", "5.0", "closed"]
-    assert b_row[:9] == [B, "1", str(stats[1].requests), str(stats[1].requests), "0", "0", "0", "-", "closed"]
+    assert "breaker" in header
+    assert a_row[:10] == [A, "1", "1", "0", "1", "0", "0", "0", "5.0", "closed"]
+    assert b_row[:10] == [
+        B,
+        "1",
+        str(stats[1].requests),
+        str(stats[1].requests),
+        "0",
+        "0",
+        "0",
+        "0",
+        "-",
+        "closed",
+    ]
     assert b_row[-2:] == ["17", "-"]
     assert (
         prefix_row
-        == ["http://127.0.0.1:8081/prefix", "2", "0", "0", "0", "0", "0", "-", "closed"] + ["-"] * 4
+        == ["http://127.0.0.1:8081/prefix", "2", "0", "0", "0", "0", "0", "0", "-", "closed"] + ["-"] * 4
     )
     t = stats.total
     assert total.startswith("total (2/3 available)")
-    assert total.split()[3:] == [str(t.requests), str(t.successes), "1", "0", "0"]
+    assert total.split()[3:] == [str(t.requests), str(t.successes), "1", "0", "0", "0"]
     # Numbers are right-aligned under their heading.
     end = header.index("requests") + len("requests")
     for row, s in zip(rows, stats, strict=True):
