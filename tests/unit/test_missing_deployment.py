@@ -101,7 +101,7 @@ def test_a_404_naming_no_deployment_goes_to_the_caller(make_lb: MakeLb, router: 
     router.always(A, NOT_FOUND)
     lb = make_lb([Backend(A, 1), Backend(B, 2)])
     client = client_for(lb)
-    response = client.get("https://caller.example/openai/files/file-123?api-version=2024-06-01")
+    response = client.get("https://caller.example/openai/models?api-version=2024-06-01")
     assert response.status_code == 404
     assert router.hosts == [A]
     assert stats_by_id(lb)[A].rejected == 1
