@@ -6,7 +6,13 @@ standard SDK client pointed at the first, priority-1 instance, with the same set
 fresh simulator, so no window or counter carries over. Targets are judged on the balancer's figures
 (medians with --runs N). Columns: "SDK tries" counts the HTTP requests the SDK sent (its retries
 included), "LB 429" the balancer's own 429s, "429s"/"500s" what the instances answered, "on fail" the
-attempts spent on the failing instance, "p1 share" the priority-1 instance's share of the successes.
+attempts spent on the failing instance (or on the one lacking the deployment), "p1 share" the
+priority-1 instance's share of the successes (in (f), of the embeddings).
+
+Cases (e) to (g) meter as Azure does, per deployment and by tokens: (e) a token-bound burst of chat
+completions of about 1,500 tokens each; (f) a chat deployment that saturates priority 1 next to an
+embeddings deployment that never does, on the same instances; (g) priority 1 lacking the deployment
+(404 DeploymentNotFound) that priority 2 has.
 
     PYTHONPATH=src python benchmarks/resilience.py [--runs 3] [--case a,b] [--json] [--quick] [--check]
 """
@@ -27,9 +33,15 @@ from typing import Any
 import openai
 
 from openai_priority_loadbalancer import EXTENSION, AsyncLoadBalancer, Backend
-from openai_priority_loadbalancer.simulator import FailureMode, InstanceConfig, Simulator
+from openai_priority_loadbalancer.simulator import DeploymentLimits, FailureMode, InstanceConfig, Simulator
 
 MODEL = "gpt-4o"
+EMBEDDINGS = "embed"
+# (e): about 1,500 tokens a request as Azure counts them: a 4,000-character prompt (1,000 tokens)
+# plus max_tokens 500; 6,100 tokens a second fit four such requests in each instance's window.
+TOKEN_PROMPT_CHARS = 4000
+TOKEN_MAX_TOKENS = 500
+TOKENS_PER_S = 6100
 API_VERSION = "2024-06-01"
 LATENCY_S = 0.05
 WINDOW_S = 1.0
@@ -45,10 +57,35 @@ class Instance:
     priority: int
     rpw: int | None = None  # requests per window; None: unlimited
     failure: FailureMode | None = None
+    tpm: int | None = None  # tokens per minute (per deployment with ``deployments``)
+    # The deployments the instance has, each (name, requests per window): None serves any, metered together.
+    deployments: tuple[tuple[str, int | None], ...] | None = None
 
     def __str__(self) -> str:
         rate = f"{self.rpw}/s" if self.rpw else "unlimited"
+        if self.tpm:
+            rate = f"{self.tpm // 60:,} tokens/s"
+        if self.deployments is not None:
+            rate = ", ".join(f"{n} {f'{r}/s' if r else 'unlimited'}" for n, r in self.deployments) or "none"
+            rate = f"[{rate}]"
         return f"{self.name} p{self.priority} {self.failure or rate}"
+
+    def config(self) -> InstanceConfig:
+        deployments = None
+        if self.deployments is not None:
+            deployments = {
+                n: DeploymentLimits(requests_per_window=r, tokens_per_minute=self.tpm)
+                for n, r in self.deployments
+            }
+        return InstanceConfig(
+            self.name,
+            requests_per_window=self.rpw,
+            tokens_per_minute=self.tpm if deployments is None else None,
+            window_s=WINDOW_S,
+            latency_s=LATENCY_S,
+            failure=self.failure,
+            deployments=deployments,
+        )
 
 
 @dataclass(frozen=True)
@@ -58,11 +95,17 @@ class Case:
     requests: int
     concurrency: int
     max_retries: int = openai.DEFAULT_MAX_RETRIES
+    workload: str = "chat"  # "chat", "tokens" (about 1,500 tokens each), "mixed" (chat and embeddings)
 
     def __str__(self) -> str:
         default = " (SDK default)" if self.max_retries == openai.DEFAULT_MAX_RETRIES else ""
         retries = f"max_retries={self.max_retries}{default}"
-        load = f"{self.requests} requests, {self.concurrency} at a time, {retries}"
+        what = {
+            "chat": "requests",
+            "tokens": "chat completions of ~1,500 tokens",
+            "mixed": "chat + embeddings",
+        }
+        load = f"{self.requests} {what[self.workload]}, {self.concurrency} at a time, {retries}"
         return f"({self.key}) {', '.join(map(str, self.instances))}; {load}"
 
 
@@ -71,6 +114,30 @@ CASES = (
     Case("b", (Instance("east", 1, 6), Instance("south", 2, 6), Instance("west", 2, 6)), 36, 6),
     Case("c", (Instance("broken", 1, failure="500"), Instance("healthy", 2)), 20, 1, max_retries=0),
     Case("d", (Instance("dead", 1, failure="refuse"), Instance("live", 2)), 20, 1, max_retries=0),
+    Case(
+        "e",
+        tuple(Instance(name, 1, tpm=TOKENS_PER_S * 60) for name in ("east", "south", "west")),
+        48,
+        12,
+        workload="tokens",
+    ),
+    Case(
+        "f",
+        tuple(
+            Instance(name, p, deployments=((MODEL, 4), (EMBEDDINGS, None)))
+            for name, p in (("east", 1), ("west", 2))
+        ),
+        64,
+        8,
+        workload="mixed",
+    ),
+    Case(
+        "g",
+        (Instance("lacking", 1, deployments=((EMBEDDINGS, None),)), Instance("having", 2)),
+        20,
+        1,
+        max_retries=0,
+    ),
 )
 
 
@@ -88,6 +155,13 @@ def ideal_wall_s(case: Case, instances: tuple[Instance, ...]) -> float | None:
     if not healthy:
         return None
     waves = math.ceil(case.requests / case.concurrency) * LATENCY_S
+    if case.workload == "tokens":  # the token budget bounds the requests per window
+        per_window = [
+            (i.tpm or 0) * WINDOW_S // 60 // (TOKEN_PROMPT_CHARS // 4 + 1 + TOKEN_MAX_TOKENS) for i in healthy
+        ]
+        healthy = [replace(i, rpw=int(r)) for i, r in zip(healthy, per_window, strict=True)]
+    elif case.workload != "chat":
+        return None
     if any(i.rpw is None for i in healthy):
         return waves
     capacity = sum(i.rpw or 0 for i in healthy)
@@ -107,6 +181,10 @@ async def drive(case: Case, sim: Simulator, balanced: bool) -> tuple[Counter[str
         routing = response.extensions.get(EXTENSION)
         if routing is not None and routing.backend is None:
             counts["lb_429s"] += 1  # the balancer's own 429: no backend could take the request
+        if response.status_code == 200 and response.url.path.endswith("/embeddings"):
+            counts["embeddings_ok"] += 1
+            if routing is None or routing.backend == backends[0].id:
+                counts["embeddings_p1"] += 1
 
     backends = [Backend(sim.url(i.name), i.priority) for i in case.instances]
     lb = AsyncLoadBalancer(backends) if balanced else None
@@ -124,8 +202,17 @@ async def drive(case: Case, sim: Simulator, balanced: bool) -> tuple[Counter[str
     async def one(i: int) -> None:
         async with gate:
             try:
-                messages: Any = [{"role": "user", "content": f"Request {i}: say hello."}]
-                await client.chat.completions.create(model=MODEL, messages=messages)
+                if case.workload == "mixed" and i % 2:
+                    await client.embeddings.create(model=EMBEDDINGS, input=f"Request {i}")
+                elif case.workload == "tokens":
+                    text = f"Request {i}: " + "x" * TOKEN_PROMPT_CHARS
+                    messages: Any = [{"role": "user", "content": text[:TOKEN_PROMPT_CHARS]}]
+                    await client.chat.completions.create(
+                        model=MODEL, messages=messages, max_tokens=TOKEN_MAX_TOKENS
+                    )
+                else:
+                    messages = [{"role": "user", "content": f"Request {i}: say hello."}]
+                    await client.chat.completions.create(model=MODEL, messages=messages)
                 counts["ok"] += 1
             except openai.OpenAIError as exc:  # counted by type: that is the report
                 errors[type(exc).__name__] += 1
@@ -144,16 +231,17 @@ async def drive(case: Case, sim: Simulator, balanced: bool) -> tuple[Counter[str
 
 
 def run_once(case: Case, balanced: bool) -> dict[str, Any]:
-    configs = [
-        InstanceConfig(
-            i.name, requests_per_window=i.rpw, window_s=WINDOW_S, latency_s=LATENCY_S, failure=i.failure
-        )
-        for i in case.instances
-    ]
+    configs = [i.config() for i in case.instances]
     with Simulator(configs) as sim:
         counts, errors, wall_s = asyncio.run(drive(case, sim, balanced))
         stats = {i.name: sim.stats(i.name) for i in case.instances}
     failing_500 = sum(stats[i.name].received for i in case.instances if i.failure in ("500", "503"))
+    # Attempts on an instance lacking the deployment: its 404s.
+    failing_500 += sum(
+        stats[i.name].rejected
+        for i in case.instances
+        if i.deployments is not None and case.workload == "chat"
+    )
     figures: dict[str, float] = {
         "ok": counts["ok"],
         "wall_s": wall_s,
@@ -167,7 +255,13 @@ def run_once(case: Case, balanced: bool) -> dict[str, Any]:
     if ideal is not None:
         figures["ideal_s"] = ideal
     first = case.instances[0]
-    if len({i.priority for i in case.instances}) > 1 and first.failure is None and first.rpw:
+    if case.workload == "mixed":
+        embeddings = counts["embeddings_ok"]
+        figures["p1_share"] = counts["embeddings_p1"] / embeddings if embeddings else 0.0
+        figures["chat_off_p1"] = sum(stats[i.name].served for i in case.instances[1:]) - (
+            embeddings - counts["embeddings_p1"]
+        )
+    elif len({i.priority for i in case.instances}) > 1 and first.failure is None and first.rpw:
         p1 = stats[first.name]
         full = p1.served_per_window[:-1]  # the last window is cut short by the end of the run
         figures["p1_share"] = p1.served / counts["ok"] if counts["ok"] else 0.0
@@ -202,6 +296,20 @@ def targets(case: Case, f: dict[str, float]) -> list[tuple[str, bool]]:
             all_ok,
             (f"{f['spent_on_failing']:g} requests on the 500 backend <= 2", f["spent_on_failing"] <= 2),
         ]
+    if case.key == "e":
+        wall = f"wall {f['wall_s']:.2f} s <= 1.2 x ideal {f['ideal_s']:.2f} s"
+        return [
+            all_ok,
+            (wall, f["wall_s"] <= 1.2 * f["ideal_s"]),
+            (f"backend 429s {f['backend_429s']:g} <= 6", f["backend_429s"] <= 6),
+        ]
+    if case.key == "f":
+        share = f"embeddings on priority 1 {f['p1_share']:.0%} >= 95 %"
+        chat = f"chat overflows to priority 2 ({f['chat_off_p1']:g} there)"
+        return [all_ok, (share, f["p1_share"] >= 0.95), (chat, f["chat_off_p1"] > 0)]
+    if case.key == "g":
+        spent = f"{f['spent_on_failing']:g} requests on the backend lacking the deployment <= 3"
+        return [all_ok, (spent, f["spent_on_failing"] <= 3)]
     return [all_ok]
 
 
@@ -215,7 +323,9 @@ def _row(cells: tuple[str, ...]) -> str:
 
 def render(case: Case, result: dict[str, Any], runs: int) -> str:
     lines = [str(case), _row(tuple(name for name, _ in COLUMNS))]
-    failing = any(i.failure for i in case.instances)
+    failing = any(
+        i.failure or (i.deployments is not None and case.workload == "chat") for i in case.instances
+    )
     for name in CLIENTS:
         f, errs = result[name]["figures"], result[name]["errors"]
         cells = (
@@ -232,7 +342,7 @@ def render(case: Case, result: dict[str, Any], runs: int) -> str:
             f"{f['p1_share']:.0%}" if "p1_share" in f else "-",
         )
         lines.append(_row(cells).rstrip())
-    if any(i.rpw for i in case.instances):
+    if any(i.rpw or i.tpm or i.deployments for i in case.instances):
         windows = result["balanced"]["runs"][-1]["served_per_window"]
         lines.append(
             "  balanced, served per window (last run): " + "; ".join(f"{k} {v}" for k, v in windows.items())
@@ -247,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--case", default="a,b,c,d", help="cases to run, e.g. a,b (default: all)")
+    parser.add_argument("--case", default="a,b,c,d,e,f,g", help="cases to run, e.g. a,b (default: all)")
     parser.add_argument("--runs", type=int, default=1, help="repeat every run N times, report medians")
     parser.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     parser.add_argument(
@@ -258,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = args.case.split(",")
     chosen = [c for c in CASES if c.key in keys]
     if len(chosen) != len(set(keys)) or args.runs < 1:
-        parser.error("--case takes some of a,b,c,d (comma-separated); --runs must be at least 1")
+        parser.error("--case takes some of a,b,c,d,e,f,g (comma-separated); --runs must be at least 1")
     report: dict[str, Any] = {"runs": args.runs, "quick": args.quick, "cases": {}}
     failed = False
     for case in chosen:
