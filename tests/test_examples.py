@@ -22,6 +22,27 @@ def test_example_script_runs(script: str) -> None:
     assert "served" in done.stdout
 
 
+def test_langchain_example_runs() -> None:
+    pytest.importorskip(
+        "langchain_openai", reason="langchain-openai is not installed (it comes with the [dev] extra)"
+    )
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "langchain_example.py")],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # Priority 1 serves what its window holds (3), priority 2 the overflow.
+    assert [line.split(": ", 1)[1] for line in lines[:4]] == ["Simulated response from primary."] * 3 + [
+        "Simulated response from fallback."
+    ]
+    assert sum(line.startswith("ainvoke: Simulated response") for line in lines) == 4
+    assert any(line.startswith("stream: 11 chunks") for line in lines)
+
+
 def test_notebook_runs() -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

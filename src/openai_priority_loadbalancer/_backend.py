@@ -139,6 +139,22 @@ class Backend:
         setattr_(self, "id", ident)
 
     @property
+    def endpoint(self) -> str:
+        """The base URL to give the SDK client (``azure_endpoint=``, or ``base_url=``) for this backend.
+
+        Scheme, host and port, without the path prefix: the balancer puts the prefix before every
+        request's path itself, so an endpoint that carried it would send it twice. A backend given as
+        a bare host (or ``host:port``) keeps the scheme of the client's request, here ``https``::
+
+            Backend("oai-eastus.openai.azure.com", 1).endpoint  # "https://oai-eastus.openai.azure.com"
+            Backend("10.0.0.5:8443", 1).endpoint  # "https://10.0.0.5:8443"
+            Backend("http://127.0.0.1:8081/prefix", 1).endpoint  # "http://127.0.0.1:8081"
+        """
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        netloc = host if self.port is None else f"{host}:{self.port}"
+        return f"{self.scheme or 'https'}://{netloc}"
+
+    @property
     def origin(self) -> tuple[str | None, str, int | None, str]:
         """What identifies the endpoint: scheme, host name, port and path prefix (no credentials)."""
         return (self.scheme, self.hostname.lower(), self.port, self.base_path)

@@ -91,6 +91,58 @@ def test_host_forms(
 
 
 @pytest.mark.parametrize(
+    ("host", "path", "endpoint"),
+    [
+        ("oai-eastus.openai.azure.com", None, "https://oai-eastus.openai.azure.com"),
+        ("oai-eastus.openai.azure.com", "/ai", "https://oai-eastus.openai.azure.com"),
+        ("10.0.0.5:8443", None, "https://10.0.0.5:8443"),
+        ("https://a.example", None, "https://a.example"),
+        ("https://a.example:443/", None, "https://a.example"),
+        ("http://127.0.0.1:8081/prefix", None, "http://127.0.0.1:8081"),
+        ("http://127.0.0.1:8081/a/b/", "/c", "http://127.0.0.1:8081"),
+        ("[::1]:8080", None, "https://[::1]:8080"),
+        ("http://[::1]:8080/x", None, "http://[::1]:8080"),
+    ],
+)
+def test_endpoint_is_scheme_host_and_port_without_the_prefix(
+    host: str, path: str | None, endpoint: str
+) -> None:
+    assert Backend(host, 1, path).endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "expected"),
+    [
+        ("oai-eastus.openai.azure.com", "/ai", "https://oai-eastus.openai.azure.com/ai/openai/models"),
+        ("10.0.0.5:8443", None, "https://10.0.0.5:8443/openai/models"),
+        ("http://127.0.0.1:8081/prefix", None, "http://127.0.0.1:8081/prefix/openai/models"),
+        ("https://a.example/a", "/b", "https://a.example/a/b/openai/models"),
+    ],
+)
+def test_the_sdk_on_the_endpoint_reaches_the_backend_with_its_prefix_once(
+    host: str, path: str | None, expected: str
+) -> None:
+    openai = pytest.importorskip("openai")
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url.copy_with(query=None)))
+        return httpx.Response(200, json={"object": "list", "data": []})
+
+    backend = Backend(host, 1, path)
+    lb = LoadBalancer([backend], transport=httpx.MockTransport(handler))
+    with openai.AzureOpenAI(
+        azure_endpoint=backend.endpoint,
+        api_key="caller-key",
+        api_version="2024-10-21",
+        http_client=httpx.Client(transport=lb),
+        max_retries=0,
+    ) as client:
+        client.models.list()
+    assert seen == [expected]
+
+
+@pytest.mark.parametrize(
     ("host", "path", "base_path"),
     [
         ("a.example", "/ai", "/ai"),
