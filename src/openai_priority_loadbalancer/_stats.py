@@ -34,7 +34,8 @@ class BackendStats:
     """Over its last 64 answers (to the response headers), or None before the first."""
     latency_p95_ms: float | None
     remaining_requests: int | None
-    """The last ``x-ratelimit-remaining-requests`` reported, less the requests sent since; or None."""
+    """The last ``x-ratelimit-remaining-requests`` reported, less the requests sent since; or None.
+    0 while the backend is set aside for its budget (a 429, or a window reported spent)."""
     remaining_tokens: int | None
     pinned: int = 0
     """Answers to requests sent here only, because they name a stored object it holds (Responses
@@ -141,6 +142,11 @@ def _optional(value: float | None, fmt: str) -> str:
 def snapshot(s: BackendState, now: float) -> BackendStats:
     latencies = sorted(s.latencies)
     remaining_requests, remaining_tokens = s.believed_budget(now)
+    cooling = s.cooling_until > now
+    if cooling and s.cooling_reason != "failed" and remaining_requests is not None:
+        # Set aside for its budget (a 429, or a window reported spent): what the balancer holds is
+        # the budget of the window that starts when the cooldown ends; until then there is none.
+        remaining_requests = 0
     return BackendStats(
         backend=s.backend.id,
         priority=s.backend.priority,
@@ -149,7 +155,7 @@ def snapshot(s: BackendState, now: float) -> BackendStats:
         throttled=s.throttled,
         failures=s.failed,
         in_flight=s.in_flight,
-        cooling_down_for_s=max(0.0, s.cooling_until - now),
+        cooling_down_for_s=s.cooling_until - now if cooling else 0.0,
         breaker=s.breaker(now),
         latency_p50_ms=_percentile(latencies, 0.5) if latencies else None,
         latency_p95_ms=_percentile(latencies, 0.95) if latencies else None,

@@ -207,6 +207,39 @@ def test_in_flight_counts_requests_on_the_wire(make_lb: MakeLb, router: Any, lib
     assert lb.stats().total.in_flight == 0
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # A success that spends the window: set aside until its reset.
+        (
+            200,
+            {
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-limit-requests": "4",
+                "x-ratelimit-reset-requests": "2s",
+            },
+        ),
+        # A 429 that names the limit: set aside until its Retry-After.
+        (429, {"retry-after": "2", "x-ratelimit-limit-requests": "4"}),
+    ],
+)
+def test_a_backend_cooling_down_has_no_requests_left_until_its_window_resets(
+    make_lb: MakeLb, router: Any, lib: Any, clock: Any, answer: tuple[int, dict[str, str]]
+) -> None:
+    """While set aside it reports 0, not the budget of the window that starts when the cooldown ends."""
+    router.script(A, answer).always(B, 200)
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    with lib.Client(transport=lb) as client:
+        post(client)
+    a = lb.stats()[0]
+    assert a.cooling_down_for_s > 0
+    assert a.remaining_requests == 0
+    assert str(lb.stats()).splitlines()[2].split()[-2] == "0"
+    clock.advance(a.cooling_down_for_s)
+    a = lb.stats()[0]
+    assert (a.cooling_down_for_s, a.remaining_requests) == (0, 4)  # the new window, as its limit says
+
+
 # ---------------------------------------------------------------------- the table
 
 
