@@ -1,8 +1,10 @@
 """Side by side: a standard Azure OpenAI client against the same client behind the load balancer.
 
-With no arguments, three simulated Azure OpenAI instances start on loopback ports (priorities 1, 2, 2,
-four requests a second each) and the same workload goes through both clients. The standard client
-talks to the first instance only, as an application without a balancer would.
+With no arguments, three simulated Azure OpenAI instances start on loopback ports: one of priority 1
+with the most capacity, as a provisioned (PTU) deployment would have (12 requests a second), and two
+of priority 2 for the overflow (4 a second each). The same workload goes through both clients. The
+standard client talks to the first instance only, as an application without a balancer would; the
+load-balanced one sends priority 1 all it can take and priority 2 only the rest, window by window.
 
     python aoai.py                         # the demo, on simulated backends
     python aoai.py --json                  # the same, as one JSON object
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 DEFAULT_API_VERSION = "2024-10-21"
 RESPONSES_API_VERSION = "2025-04-01-preview"  # the Responses API needs a preview version on Azure
+PTU_FACTOR = 3  # the simulated priority-1 instance's capacity, in multiples of a priority-2 one's
 
 
 class ConfigError(Exception):
@@ -63,6 +66,7 @@ class Result:
     wall_s: float = 0.0
     per_backend: dict[str, int] = field(default_factory=dict)
     backend_429s: int | None = None
+    served_per_window: dict[str, list[int]] | None = None  # simulated backends: each one's own windows
 
     def as_dict(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -74,6 +78,7 @@ class Result:
             "p95_ms": round(_percentile(lat, 0.95) * 1000, 1) if lat else None,
             "per_backend": self.per_backend,
             "backend_429s": self.backend_429s,
+            "served_per_window": self.served_per_window,
         }
 
 
@@ -90,7 +95,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="With neither --backend nor --config, three simulated instances start (no account needed).",
     )
     parser.add_argument("-n", "--requests", type=int, default=48, help="requests per client (default 48)")
-    parser.add_argument("-c", "--concurrency", type=int, default=12, help="requests in flight (default 12)")
+    parser.add_argument(
+        "-c", "--concurrency", type=int, default=12, help="requests in flight at most (default 12)"
+    )
+    parser.add_argument(
+        "-r",
+        "--rate",
+        type=float,
+        default=16.0,
+        help="requests sent per second (default 16: more than priority 1 takes, less than all three);"
+        " 0 sends them as fast as the concurrency allows",
+    )
     parser.add_argument("--mode", choices=("sync", "async"), default="sync", help="SDK client kind")
     parser.add_argument("--stream", action="store_true", help="stream the completions")
     parser.add_argument(
@@ -116,7 +131,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--deployment", default=None, help="deployment (model) name (default gpt-4o)")
     parser.add_argument("--api-version", default=None, help=f"API version (default {DEFAULT_API_VERSION})")
     parser.add_argument(
-        "--rpw", type=int, default=4, help="simulated: requests per window per instance (default 4)"
+        "--rpw",
+        type=int,
+        default=4,
+        help="simulated: requests per 1 s window of each priority-2 instance (default 4); the"
+        " priority-1 instance takes three times as many",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument(
@@ -127,6 +146,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.rpw < 1 or args.turns < 1:
         raise ConfigError("--requests, --concurrency, --rpw and --turns must be at least 1")
+    if not args.rate >= 0:
+        raise ConfigError("--rate must be 0 (unpaced) or more")
     if args.backend and args.config:
         raise ConfigError("use --backend or --config, not both")
     return args
@@ -154,12 +175,12 @@ def load_setup(args: argparse.Namespace, stack: contextlib.ExitStack) -> Setup:
             [
                 InstanceConfig(
                     name,
-                    requests_per_window=args.rpw,
+                    requests_per_window=args.rpw * (PTU_FACTOR if priority == 1 else 1),
                     window_s=1.0,
                     latency_s=0.05,
                     stream_chunk_delay_s=0.01,
                 )
-                for name, _ in names
+                for name, priority in names
             ]
         )
     )
@@ -287,11 +308,20 @@ def _messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Request {i}: say hello."}]
 
 
-def run_sync(client: Any, setup: Setup, n: int, concurrency: int, stream: bool, progress: Progress) -> Result:
+def _due(t0: float, i: int, rate: float) -> float:
+    """Seconds until request ``i`` is due, at ``rate`` a second from ``t0`` (0 when unpaced)."""
+    return max(0.0, t0 + i / rate - time.perf_counter()) if rate > 0 else 0.0
+
+
+def run_sync(
+    client: Any, setup: Setup, n: int, concurrency: int, stream: bool, progress: Progress, rate: float = 0.0
+) -> Result:
     result = Result()
     lock = threading.Lock()
+    t0 = time.perf_counter()
 
     def one(i: int) -> None:
+        time.sleep(_due(t0, i, rate))
         started = time.perf_counter()
         try:
             if stream:
@@ -310,20 +340,21 @@ def run_sync(client: Any, setup: Setup, n: int, concurrency: int, stream: bool, 
                 result.latencies.append(time.perf_counter() - started)
         progress.step()
 
-    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, range(n)))
-    result.wall_s = time.perf_counter() - started
+    result.wall_s = time.perf_counter() - t0
     return result
 
 
 async def run_async(
-    client: Any, setup: Setup, n: int, concurrency: int, stream: bool, progress: Progress
+    client: Any, setup: Setup, n: int, concurrency: int, stream: bool, progress: Progress, rate: float = 0.0
 ) -> Result:
     result = Result()
     gate = asyncio.Semaphore(concurrency)
+    t0 = time.perf_counter()
 
     async def one(i: int) -> None:
+        await asyncio.sleep(_due(t0, i, rate))
         async with gate:
             started = time.perf_counter()
             try:
@@ -341,9 +372,8 @@ async def run_async(
                 result.latencies.append(time.perf_counter() - started)
             progress.step()
 
-    started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
-    result.wall_s = time.perf_counter() - started
+    result.wall_s = time.perf_counter() - t0
     return result
 
 
@@ -362,12 +392,16 @@ def run_side(setup: Setup, args: argparse.Namespace, balanced: bool) -> tuple[Re
     progress = Progress("load-balanced" if balanced else "standard", args.requests, not args.json)
     if args.mode == "sync":
         with client:
-            result = run_sync(client, setup, args.requests, args.concurrency, args.stream, progress)
+            result = run_sync(
+                client, setup, args.requests, args.concurrency, args.stream, progress, args.rate
+            )
     else:
 
         async def go() -> Result:
             async with client:
-                return await run_async(client, setup, args.requests, args.concurrency, args.stream, progress)
+                return await run_async(
+                    client, setup, args.requests, args.concurrency, args.stream, progress, args.rate
+                )
 
         result = asyncio.run(go())
     names = {t.url: t.name for t in setup.targets}
@@ -380,6 +414,7 @@ def run_side(setup: Setup, args: argparse.Namespace, balanced: bool) -> tuple[Re
         result.per_backend[setup.targets[0].name] = result.ok
     if sim is not None:
         result.backend_429s = sum(sim.stats(t.name).throttled for t in setup.targets)
+        result.served_per_window = {t.name: list(sim.stats(t.name).served_per_window) for t in setup.targets}
     return result, balancer
 
 
@@ -625,14 +660,13 @@ def render_table(setup: Setup, standard: Result, balanced: Result, args: argpars
             str(b["backend_429s"]),
         ),
     ]
+
+    def share(r: dict[str, Any], name: str) -> str:
+        served = r["per_backend"].get(name, 0)
+        return f"{served} ({100 * served / r['ok']:.0f} %)" if r["ok"] else str(served)
+
     for t in setup.targets:
-        rows.append(
-            (
-                f"served by {t.name} (p{t.priority})",
-                str(s["per_backend"].get(t.name, 0)),
-                str(b["per_backend"].get(t.name, 0)),
-            )
-        )
+        rows.append((f"served by {t.name} (p{t.priority})", share(s, t.name), share(b, t.name)))
     width = max(len(r[0]) for r in rows)
     col = max(14, *(len(r[1]) for r in rows), *(len(r[2]) for r in rows))
     header = f"{'':<{width}}  {'standard':>{col}}  {'load-balanced':>{col}}"
@@ -640,11 +674,32 @@ def render_table(setup: Setup, standard: Result, balanced: Result, args: argpars
     lines += [f"{name:<{width}}  {left:>{col}}  {right:>{col}}" for name, left, right in rows]
     kind = "simulated" if setup.simulated is not None else "configured"
     mode = f"{args.mode}{', streamed' if args.stream else ''}"
+    pace = f"{args.rate:g} a second, " if args.rate else ""
     title = (
-        f"{args.requests} chat completions, {args.concurrency} at a time ({mode}), "
+        f"{args.requests} chat completions, {pace}up to {args.concurrency} at a time ({mode}), "
         f"over {len(setup.targets)} {kind} backends"
     )
-    return "\n".join([title, "", *lines])
+    return "\n".join([title, "", *lines, *render_windows(setup, balanced)])
+
+
+def render_windows(setup: Setup, balanced: Result) -> list[str]:
+    """What each simulated backend served in each of its rate-limit windows, through the balancer."""
+    windows = balanced.served_per_window
+    if not windows or setup.simulated is None:
+        return []
+    labels = {
+        t.name: f"{t.name} (p{t.priority}, {setup.simulated.instance(t.name).config.requests_per_window}/s)"
+        for t in setup.targets
+    }
+    width = max(len(label) for label in labels.values())
+    lines = [
+        "",
+        "Load-balanced, served in each 1 s window of each backend (priority 2 gets only the overflow):",
+    ]
+    for t in setup.targets:
+        counts = "".join(f"{n:>4}" for n in windows.get(t.name, [])) or "   -"
+        lines.append(f"  {labels[t.name]:<{width}}{counts}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

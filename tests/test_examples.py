@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,8 +70,52 @@ def test_demo_json_runs() -> None:
     result = json.loads(done.stdout)
     for side in ("standard", "load_balanced"):
         assert {"ok", "failed", "wall_s", "per_backend"} <= result[side].keys()
-    assert result["load_balanced"]["ok"] == 24
-    assert sum(result["load_balanced"]["per_backend"].values()) == 24
+    balanced = result["load_balanced"]
+    assert balanced["ok"] == 24
+    assert sum(balanced["per_backend"].values()) == 24
+    # Priority 1 (12 a window) takes what it can; priority 2 (4 a window each) only the overflow.
+    served = balanced["per_backend"]
+    assert served["eastus"] > served["southcentralus"] + served["westus"]
+    assert all(n <= 12 for n in balanced["served_per_window"]["eastus"])
+    assert sum(balanced["served_per_window"]["eastus"]) == served["eastus"]
+
+
+def _load_demo(monkeypatch: pytest.MonkeyPatch) -> Any:
+    spec = importlib.util.spec_from_file_location("aoai", ROOT / "aoai.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "aoai", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Terminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(
+    ("tty", "enabled", "shown"), [(True, True, True), (True, False, False), (False, True, False)]
+)
+def test_demo_progress_bar_only_on_a_terminal_and_not_with_json(
+    monkeypatch: pytest.MonkeyPatch, tty: bool, enabled: bool, shown: bool
+) -> None:
+    demo = _load_demo(monkeypatch)
+    terminal = _Terminal(tty)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    progress = demo.Progress("load-balanced", 4, enabled)  # enabled is `not args.json`
+    for _ in range(4):
+        progress.step()
+    assert progress.done == 4
+    if shown:
+        assert terminal.getvalue().endswith("[" + "#" * 30 + "] 4/4\n")
+    else:
+        assert terminal.getvalue() == ""
 
 
 def test_demo_responses_chains_stay_on_their_backend() -> None:
