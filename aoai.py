@@ -267,6 +267,9 @@ def make_client(setup: Setup, mode: str, balancer: Any | None) -> Any:
     import openai
 
     first = setup.targets[0]
+    # Alone, the client talks to the first backend's URL as it is; through the balancer, to its
+    # endpoint, without a path prefix: the balancer adds each backend's prefix itself.
+    endpoint = first.url if balancer is None else balancer.backends[0].endpoint
     auth: dict[str, Any] = (
         {"api_key": first.api_key or "set-per-backend"}
         if setup.token_provider is None or first.api_key
@@ -275,11 +278,11 @@ def make_client(setup: Setup, mode: str, balancer: Any | None) -> Any:
     if mode == "sync":
         http = openai.DefaultHttpxClient(transport=balancer) if balancer else None
         return openai.AzureOpenAI(
-            azure_endpoint=first.url, api_version=setup.api_version, http_client=http, **auth
+            azure_endpoint=endpoint, api_version=setup.api_version, http_client=http, **auth
         )
     ahttp = openai.DefaultAsyncHttpxClient(transport=balancer) if balancer else None
     return openai.AsyncAzureOpenAI(
-        azure_endpoint=first.url, api_version=setup.api_version, http_client=ahttp, **auth
+        azure_endpoint=endpoint, api_version=setup.api_version, http_client=ahttp, **auth
     )
 
 

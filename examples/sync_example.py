@@ -25,7 +25,7 @@ def main() -> None:
         ]
         lb = LoadBalancer(backends)
         client = openai.AzureOpenAI(
-            azure_endpoint=sim.url("primary"),
+            azure_endpoint=backends[0].endpoint,
             api_key="any-key",  # the simulator takes any key unless configured with one
             api_version="2024-10-21",
             http_client=openai.DefaultHttpxClient(transport=lb),

@@ -147,3 +147,18 @@ def test_demo_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1
     assert "error" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_demo_client_endpoint_has_a_backends_prefix_once(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Alone, the client keeps the configured URL; through the balancer, which adds the prefix, not."""
+    pytest.importorskip("openai")
+    from openai_priority_loadbalancer import AsyncLoadBalancer, LoadBalancer
+
+    demo = _load_demo(monkeypatch)
+    setup = demo.Setup([demo.Target("apim", "https://apim.example/team-a", 1, "k")], "gpt-4o", "2024-10-21")
+    cls = LoadBalancer if mode == "sync" else AsyncLoadBalancer
+    plain = demo.make_client(setup, mode, None)
+    balanced = demo.make_client(setup, mode, cls(demo.make_backends(setup)))
+    assert str(plain.base_url) == "https://apim.example/team-a/openai/"
+    assert str(balanced.base_url) == "https://apim.example/openai/"
