@@ -50,7 +50,7 @@ from ._events import (
     ThrottledEvent,
     WaitedEvent,
 )
-from ._state import BackendState
+from ._state import PROBE_HOLD_MAX_S, BackendState
 from ._stats import BackendStats, Stats, snapshot
 from ._store import UNMETERED_S, BudgetReport, BudgetStore, Reason, SharedState, StateStore, shared_key
 
@@ -95,13 +95,11 @@ _URL_CACHE_SIZE: Final = 512
 # While a probe is out (a half-open breaker, a spent budget), waiting requests look again this often.
 _PROBE_POLL_S: Final = 0.02
 # The shortest time a 429 sets its backend aside for, doubling with consecutive 429s (_throttle_backoff).
-_MIN_THROTTLE_S: Final = 0.1
+_MIN_THROTTLE_S: Final = 0.025
 # The shortest wait: a backend tried by this request and free again "now" is not hammered in a loop.
 _MIN_WAIT_S: Final = 0.01
 # The longest a backend is assumed to take to admit an attempt after it is sent (one network hop).
 _ADMISSION_DELAY_S: Final = 0.05
-# How long a balancer holds the shared probe of a backend whose budget is unknown, at most.
-_SHARED_PROBE_TTL_S: Final = 10.0
 # How long a window is believed to last while the backend has named no reset and no wait: the shortest
 # window Azure OpenAI meters requests over. Too short costs a 429 (whose wait then teaches the window).
 _FIRST_WINDOW_GUESS_S: Final = 1.0
@@ -301,6 +299,7 @@ class BaseLoadBalancer:
         tried: set[int] = set()  # backends this request tried since it last waited
         deadline: float | None = None  # set when the request first finds no backend
         awaiting_probe = False  # a backend was refused while another balancer's probe of it is out
+        shared_hold_until = -math.inf  # the latest such a probe holds this request back
         emit = self._on_event
         loads = self._store is not None and self._budgets is None
         # A request naming a stored object goes only where the object is (see _affinity).
@@ -339,7 +338,11 @@ class BaseLoadBalancer:
                     deadline = now + self._wait_budget(request)
                 delay = self._next_chance(now, awaiting_probe, among)
                 if now + delay > deadline:
-                    return self._synthesize_429(lib, request, now, attempts, among, pin)
+                    # Never a 429 only because a probe is out: it holds the others for a round trip at most.
+                    held = max(self._probe_release(now, among), shared_hold_until)
+                    if held <= now:
+                        return self._synthesize_429(lib, request, now, attempts, among, pin)
+                    delay = max(min(delay, held - now), _MIN_WAIT_S)
                 logger.debug("waiting for a backend wait_s=%.3f", delay)
                 yield (SLEEP, delay)
                 if emit is not None:
@@ -360,9 +363,17 @@ class BaseLoadBalancer:
                     self._merge_shared(reservation.records)
                     if not reservation.granted:
                         self._unchoose(state, probe, reservation.wait_s, now)
-                        awaiting_probe = awaiting_probe or not reservation.wait_s
+                        if not reservation.wait_s:  # another balancer's probe is out
+                            awaiting_probe = True
+                            if shared_hold_until == -math.inf:
+                                shared_hold_until = now + PROBE_HOLD_MAX_S
                         continue
                     shared_probe = reservation.probe
+                    if not shared_probe and probe and state.probe_first:
+                        # The store knows the budget, or another balancer's probe was let by: the
+                        # others need not wait for ours.
+                        with self._lock:
+                            state.probe_sent_at = -math.inf
             if emit is not None:
                 self._emit(AttemptEvent(self._wall_clock(), backend.id, backend.priority, probe))
             token: str | None = None
@@ -534,12 +545,14 @@ class BaseLoadBalancer:
         """Arguments of ``BudgetStore.reserve`` for ``state``'s backend, with the budget reports pending."""
         with self._lock:
             pending, self._pending_reports = self._pending_reports, {}
+            # The window's probe (if this is it) holds the other balancers back as long as it does ours.
+            hold = state.probe_hold_s()
         reports = [
             BudgetReport(self._shared_keys[index], remaining, reset_at - now, limit, estimated)
             for index, (remaining, reset_at, limit, estimated) in pending.items()
             if reset_at > now  # a report of a window that has ended since says nothing of this one
         ]
-        return (self._shared_keys, state.index, reports, _SHARED_PROBE_TTL_S)
+        return (self._shared_keys, state.index, reports, hold)
 
     def _settle(
         self,
@@ -664,8 +677,11 @@ class BaseLoadBalancer:
                     chosen.cooling_reason = None
                 # One request at a time while the budget is spent or unknown, or the breaker half-open
                 # (the backend is usable now, so a failure count means the breaker is half-open).
-                probe = exhausted or chosen.probe_first or chosen.failures > 0
-                chosen.probing = chosen.probing or probe
+                # An unknown budget is probed once: those let through after the probe's hold are not probes.
+                probe = exhausted or chosen.failures > 0 or (chosen.probe_first and not chosen.probing)
+                if probe and not chosen.probing:
+                    chosen.probing = True
+                    chosen.probe_sent_at = now
                 chosen.in_flight += 1
                 chosen.sent += 1
                 chosen.requests += 1
@@ -682,8 +698,11 @@ class BaseLoadBalancer:
             if now < s.cooling_until or s.index in tried:
                 continue
             exhausted = s.budget_exhausted(now)
-            if s.in_flight and (exhausted or s.probe_first):
-                continue  # one at a time: what is in flight will tell more
+            if exhausted:
+                if s.in_flight:
+                    continue  # one at a time: what is in flight will tell more
+            elif s.probe_first and s.held_by_probe(now):
+                continue  # the budget is unknown: its probe goes alone, for about a round trip
             if s.probing and s.failures:
                 continue  # half-open: its one probe is out
             key = (exhausted, s.in_flight / s.backend.weight)
@@ -1049,6 +1068,16 @@ class BaseLoadBalancer:
         if probing:
             delay = min(delay, _PROBE_POLL_S) if delay > 0 else _PROBE_POLL_S
         return max(delay, _MIN_WAIT_S)
+
+    def _probe_release(self, now: float, among: Sequence[BackendState] | None = None) -> float:
+        """The soonest moment a backend (of ``among``, default all) held back only by the probe of its
+        unknown budget lets the others through; -inf if there is none."""
+        soonest = math.inf
+        with self._lock:
+            for s in among or self._states:
+                if now >= s.cooling_until and not s.failures and s.held_by_probe(now):
+                    soonest = min(soonest, s.probe_sent_at + s.probe_hold_s())
+        return soonest if soonest < math.inf else -math.inf
 
     def _synthesize_429(
         self,

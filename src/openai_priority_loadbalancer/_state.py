@@ -19,6 +19,13 @@ BreakerState = Literal["closed", "open", "half-open"]
 
 #: How many recent latencies the percentiles are taken over.
 LATENCY_WINDOW = 64
+#: While a backend's budget is unknown its first request goes alone, for about one round trip: a 429
+#: comes back in milliseconds, so a request unanswered past that was admitted, and the others follow.
+#: The round trip is PROBE_HOLD_FACTOR times the backend's fastest recent answer, within
+#: [PROBE_HOLD_MIN_S, PROBE_HOLD_MAX_S] (the longest while nothing is known of it).
+PROBE_HOLD_FACTOR = 4.0
+PROBE_HOLD_MIN_S = 0.05
+PROBE_HOLD_MAX_S = 0.5
 
 
 class BackendState:
@@ -39,6 +46,7 @@ class BackendState:
         "limit_requests",
         "pinned",
         "probe_first",
+        "probe_sent_at",
         "probing",
         "rejected",
         "remaining_requests",
@@ -91,6 +99,8 @@ class BackendState:
         #: True while the budget is unknown (before the first answer, and after a window ended with the
         #: limit unknown): one request at a time until one answers, rather than a burst into 429s.
         self.probe_first = True
+        #: When the request now probing the backend was sent (monotonic).
+        self.probe_sent_at = -math.inf
         #: Last x-ratelimit-limit-requests seen: the budget a fresh window brings (None: unknown).
         self.limit_requests: int | None = None
         self.requests = 0
@@ -115,6 +125,16 @@ class BackendState:
         self.in_flight -= 1
         if probe:
             self.probing = False
+
+    def probe_hold_s(self) -> float:
+        """How long the first request to a backend whose budget is unknown goes alone (see PROBE_HOLD_*)."""
+        if not self.latencies:
+            return PROBE_HOLD_MAX_S
+        return min(max(PROBE_HOLD_FACTOR * min(self.latencies), PROBE_HOLD_MIN_S), PROBE_HOLD_MAX_S)
+
+    def held_by_probe(self, now: float) -> bool:
+        """Whether the backend's budget is unknown and its probe has been out less than its hold."""
+        return self.probe_first and self.probing and now < self.probe_sent_at + self.probe_hold_s()
 
     def add_latency(self, seconds: float) -> None:
         if len(self.latencies) < LATENCY_WINDOW:

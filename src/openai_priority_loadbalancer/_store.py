@@ -124,7 +124,9 @@ class BudgetStore(StateStore, Protocol):
 
     - no counter and the limit known: a new window; the counter starts at the limit, less this one;
     - no counter and the limit unknown: this request is the window's probe; the others are refused
-      (``wait_s`` 0) until its answer is reported or ``probe_ttl_s`` passes;
+      (``wait_s`` 0) until its answer is reported or ``probe_ttl_s`` (the probe's hold, about one
+      round trip: a 429 would be back by then) passes, and then granted, uncounted, until its answer
+      is reported (or ``PROBE_TTL_S`` passes, and the next request probes again);
     - a counter at 0: refused until it expires (``wait_s``); above 0: granted, and counted;
     - the backend set aside (a live record): refused for as long as the record lasts.
 
@@ -190,6 +192,8 @@ def window_of(reset_s: float) -> float:
 #: How long a backend that answered without budget headers counts as unmetered.
 UNMETERED_S = 60.0
 _PROBE = "probe"
+#: How long a window's probe lasts in a store at most, answered or not (its hold is much shorter).
+PROBE_TTL_S = 10.0
 _UNMETERED = "unmetered"
 
 
@@ -215,6 +219,8 @@ class MemoryStateStore:
         # Per key: (expires at, requests left | _PROBE | _UNMETERED), and (limit, longest window seen).
         self._budgets: dict[str, tuple[float, int | str]] = {}
         self._limits: dict[str, tuple[int, float]] = {}
+        # Per key whose counter is _PROBE: until when the probe holds the others back.
+        self._holds: dict[str, float] = {}
         # Stored object id -> (expires at, the backend's key), oldest first.
         self._owners: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
@@ -319,11 +325,14 @@ class MemoryStateStore:
                 if limit is not None and limit[1] > 0:
                     self._budgets[key] = (now + limit[1], limit[0] - 1)
                     return Reservation(True, False, 0.0, records)
-                self._budgets[key] = (now + probe_ttl_s, _PROBE)
+                self._budgets[key] = (now + max(probe_ttl_s, PROBE_TTL_S), _PROBE)
+                self._holds[key] = now + probe_ttl_s
                 return Reservation(True, True, 0.0, records)
             expires, left = entry
             if left == _PROBE:
-                return Reservation(False, False, 0.0, records)
+                # Held back while the probe may still come back a 429; after that, it was admitted.
+                granted = now >= self._holds.get(key, expires)
+                return Reservation(granted, False, 0.0, records)
             if left == _UNMETERED:
                 return Reservation(True, False, 0.0, records)
             assert isinstance(left, int)

@@ -77,7 +77,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess with
         'RedisStateStore needs redis-py: pip install "openai-priority-loadbalancer[redis]"'
     ) from _exc
 
-from ._store import UNMETERED_S, BudgetReport, Reason, Reservation, SharedState
+from ._store import PROBE_TTL_S, UNMETERED_S, BudgetReport, Reason, Reservation, SharedState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -140,7 +140,8 @@ return 0
 """
 
 # Budgets. Per backend, next to its record: ``<record key>#budget`` holds the requests left in the
-# current window (an integer), ``probe`` (one request is finding the budget out) or ``unmetered``, and
+# current window (an integer), ``probe <µs>`` (one request is finding the budget out, holding
+# the others back until then) or ``unmetered``, and
 # expires with the window; ``<record key>#limit`` holds "<limit> <longest window seen, in µs>". A
 # backend's key never holds "#" (Backend refuses it in a path), so these never name another backend.
 #
@@ -194,7 +195,8 @@ end
 """
 
 # KEYS: the n backends' record keys, the chosen backend's budget and limit keys, then two keys per report.
-# ARGV: n, the chosen index (1-based), the probe's TTL (ms), then three values per report.
+# ARGV: n, the chosen index (1-based), the probe's hold (ms: how long it holds the others back), then
+# three values per report.
 # Applies the reports, reads every record and takes one request from the chosen backend's counter.
 # Returns the server's TIME (seconds, microseconds), the verdict (0 refused, 1 granted, 2 granted as the
 # window's probe), the wait when refused (µs), then each record (nil where none).
@@ -222,7 +224,15 @@ if record then
 end
 local budget = KEYS[n + 1]
 local left = redis.call('GET', budget)
-if left == 'probe' then return out end
+if left then
+  -- 'probe <µs>': the window's probe, holding the others back until then, and admitted after that.
+  local hold = string.match(left, '^probe (%d+)$')
+  if hold then
+    if now >= tonumber(hold) then out[3] = 1 end
+    return out
+  end
+  if left == 'probe' then return out end
+end
 if left == 'unmetered' then
   out[3] = 1
   return out
@@ -247,7 +257,8 @@ if known then
     return out
   end
 end
-redis.call('SET', budget, 'probe', 'PX', ARGV[3])
+redis.call('SET', budget, 'probe ' .. string.format('%.0f', now + tonumber(ARGV[3]) * 1000), 'PX',
+  math.max(tonumber(ARGV[3]), PROBE_TTL_MS))
 out[3] = 2
 return out
 """
@@ -297,8 +308,10 @@ class _Script:
 
 
 def _with_constants(source: str) -> str:
-    return source.replace("LIMIT_TTL_MS", str(_LIMIT_TTL_MS)).replace(
-        "UNMETERED_MS", str(math.ceil(UNMETERED_S * 1000))
+    return (
+        source.replace("LIMIT_TTL_MS", str(_LIMIT_TTL_MS))
+        .replace("UNMETERED_MS", str(math.ceil(UNMETERED_S * 1000)))
+        .replace("PROBE_TTL_MS", str(math.ceil(PROBE_TTL_S * 1000)))
     )
 
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 from _e2e_support import API_VERSION, MESSAGES, MODEL, Api, MakeApi
 
-from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer
+from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer, MemoryStateStore
 from openai_priority_loadbalancer.simulator import InstanceConfig, Simulator
 
 if TYPE_CHECKING:
@@ -66,8 +66,12 @@ async def _all_at_once(api: Api, count: int, **kwargs: Any) -> list[Any]:
     if api.is_async:
         return list(await asyncio.gather(*(api.create(**kwargs) for _ in range(count))))
     create = functools.partial(api.client.chat.completions.create, model=MODEL, messages=MESSAGES, **kwargs)
-    with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(lambda _: create(), range(count)))
+
+    def run() -> list[Any]:
+        with ThreadPoolExecutor(count) as pool:
+            return list(pool.map(lambda _: create(), range(count)))
+
+    return await asyncio.to_thread(run)  # the event loop stays free for other callers meanwhile
 
 
 # -- Retry-After: 0 ----------------------------------------------------------------------------------
@@ -90,3 +94,40 @@ async def test_retry_after_0_does_not_spin_on_the_backend(make_api: MakeApi) -> 
         assert stats.served == 6
         assert stats.throttled <= 30, stats.throttled
         assert elapsed < 3.0
+
+
+# -- a cold start with long completions -----------------------------------------------------------
+
+COMPLETION_S = 2.0
+
+
+async def test_a_cold_start_of_long_completions_serves_them_side_by_side(make_api: MakeApi) -> None:
+    """A fresh balancer sent one request at a time until the backend first answered: 10 concurrent
+    long completions with max_wait_s shorter than one got 8 or 9 balancer 429s. Its first request now
+    holds the others back for a round trip at most: all 10 are served in about one completion time."""
+    with Simulator([InstanceConfig("a", latency_s=COMPLETION_S)]) as sim:
+        api = make_api([Backend(sim.url("a"), 1)], max_wait_s=COMPLETION_S / 2)
+        start = time.monotonic()
+        completions = await _all_at_once(api, 10)
+        elapsed = time.monotonic() - start
+
+        assert len(completions) == 10
+        assert sim.stats("a").served == 10
+        assert sim.stats("a").throttled == 0
+        assert elapsed < 1.5 * COMPLETION_S, elapsed
+
+
+async def test_workers_sharing_a_store_start_cold_side_by_side(make_api: MakeApi) -> None:
+    """The same across balancers sharing a store: another balancer's probe holds them back as briefly."""
+    store = MemoryStateStore()
+    with Simulator([InstanceConfig("a", latency_s=COMPLETION_S)]) as sim:
+        apis = [
+            make_api([Backend(sim.url("a"), 1)], max_wait_s=COMPLETION_S / 2, state=store) for _ in range(2)
+        ]
+        start = time.monotonic()
+        served = await asyncio.gather(*(_all_at_once(api, 5) for api in apis))
+        elapsed = time.monotonic() - start
+
+        assert [len(s) for s in served] == [5, 5]
+        assert sim.stats("a").served == 10
+        assert elapsed < 1.5 * COMPLETION_S, elapsed

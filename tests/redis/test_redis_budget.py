@@ -34,6 +34,7 @@ from openai_priority_loadbalancer import (
     SharedState,
     shared_key,
 )
+from openai_priority_loadbalancer._store import PROBE_TTL_S
 from openai_priority_loadbalancer.redis import RedisStateStore
 
 if TYPE_CHECKING:
@@ -67,12 +68,31 @@ def test_an_unknown_budget_is_probed_by_one_request(store: RedisStateStore) -> N
     assert first.records == [None, None]
 
 
+def test_the_probe_holds_the_others_back_for_its_hold_only(store: RedisStateStore, raw: redis.Redis) -> None:
+    """Past its hold (a round trip: a 429 would be back by then) the probe was admitted: the others go,
+    uncounted, until its answer is reported; unreported, it ends after PROBE_TTL_S."""
+    assert store.reserve(KEYS, 0, [], 0.5).probe
+    assert PROBE_TTL_S * 1000 - 1000 < raw.pttl(f"oplb:{KEYS[0]}#budget") <= PROBE_TTL_S * 1000
+    assert not store.reserve(KEYS, 0, [], 0.5).granted
+    time.sleep(0.55)
+    released = [store.reserve(KEYS, 0, [], 0.5) for _ in range(5)]
+    assert all(r.granted and not r.probe for r in released)
+    store.report([BudgetReport(KEYS[0], 1, 5.0, 30)])
+    assert granted(store, 2) == [True, False]
+
+
 def test_a_probe_that_is_never_reported_ends_with_its_ttl(store: RedisStateStore, raw: redis.Redis) -> None:
     assert store.reserve(KEYS, 0, [], 0.05).probe
-    assert 0 < raw.pttl(f"oplb:{KEYS[0]}#budget") <= 50
-    assert not store.reserve(KEYS, 0, [], 0.05).granted
+    raw.pexpire(f"oplb:{KEYS[0]}#budget", 50)  # as if PROBE_TTL_S had nearly passed
     time.sleep(0.07)
     assert store.reserve(KEYS, 0, [], 0.05).probe
+
+
+def test_a_probe_written_by_an_older_balancer_holds_until_its_ttl(
+    store: RedisStateStore, raw: redis.Redis
+) -> None:
+    raw.set(f"oplb:{KEYS[0]}#budget", "probe", px=10_000)
+    assert not store.reserve(KEYS, 0, [], 0.05).granted
 
 
 def test_reports_set_the_counter_and_reservations_count_it_down(

@@ -16,7 +16,9 @@ import _unit_support
 import pytest
 from _unit_support import CALLER_URL, LIBS, LOGGER, WAIT, A, B, C, MakeLb, routing, stats_by_id
 
-from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer
+from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer, MemoryStateStore
+from openai_priority_loadbalancer._base import _PROBE_POLL_S
+from openai_priority_loadbalancer._state import PROBE_HOLD_FACTOR, PROBE_HOLD_MAX_S
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -154,7 +156,7 @@ async def test_the_429s_of_one_burst_back_off_once(
     make_async_lb: MakeLb, router: Any, client_for: Any, lib: Any, clock: Any
 ) -> None:
     """Attempts in flight together that all get "429, retry now" are one 429 for the backoff: the
-    backend is set aside for 0.1 s, not 0.1 s doubled once per attempt."""
+    backend is set aside for the floor (25 ms), not the floor doubled once per attempt."""
     entered, release = asyncio.Event(), asyncio.Event()
     arrived: list[int] = []
 
@@ -173,11 +175,11 @@ async def test_the_429s_of_one_burst_back_off_once(
     await asyncio.wait_for(entered.wait(), WAIT)
     release.set()
     assert [(await t).json() for t in tasks] == [{"host": B}] * 3
-    assert stats_by_id(lb)[A].cooling_down_for_s == pytest.approx(0.1)
-    clock.advance(0.1)
+    assert stats_by_id(lb)[A].cooling_down_for_s == pytest.approx(0.025)
+    clock.advance(0.025)
     router.script(A, (429, {"retry-after": "0"}))
     assert (await post(client)).json() == {"host": B}  # a 429 of an attempt sent after the burst's
-    assert stats_by_id(lb)[A].cooling_down_for_s == pytest.approx(0.2)
+    assert stats_by_id(lb)[A].cooling_down_for_s == pytest.approx(0.05)
 
 
 # ---------------------------------------------------------------------- the per-attempt request
@@ -590,3 +592,98 @@ async def test_sync_and_async_balancers_share_one_backend_list(
         # Each balancer keeps its own state; the backends themselves are not changed.
         assert (await client.get("https://caller.example/x")).json() == {"host": A}
     assert backends == [Backend(A, 1), Backend(B, 2)]
+
+
+# ---------------------------------------------------------------------- the probe of an unknown budget
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Let the other tasks run until ``condition`` holds (they run without a real sleep)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
+def _slow(lib: Any, clock: Any, release: asyncio.Event, arrivals: list[float]) -> Any:
+    """A script entry that notes when (on the fake clock) it was reached, then answers when released."""
+
+    async def answer(request: Any) -> Any:
+        arrivals.append(clock.now - clock.start)
+        await asyncio.wait_for(release.wait(), WAIT)
+        return lib.Response(200, json={"host": request.url.host})
+
+    return answer
+
+
+def _taking(lib: Any, clock: Any, seconds: float, status: int = 200, headers: Any = None) -> Any:
+    """A script entry that answers ``status`` after ``seconds`` on the fake clock."""
+
+    def answer(request: Any) -> Any:
+        clock.advance(seconds)
+        return lib.Response(status, headers=headers or {}, json={"host": request.url.host})
+
+    return answer
+
+
+async def test_a_cold_backends_probe_holds_the_others_back_for_a_round_trip_at_most(
+    make_async_lb: MakeLb, router: Any, client_for: Any, lib: Any, clock: Any, fake_sleep: list[float]
+) -> None:
+    """A fresh balancer sent one request at a time until the backend first answered: with long
+    completions the others waited, and past max_wait_s got the balancer's own 429. A 429 comes back
+    in milliseconds: once the probe has been out for its hold (PROBE_HOLD_MAX_S while nothing is known
+    of the backend), the others go; none gets a 429 for a probe being out, even with max_wait_s=0."""
+    release, arrivals = asyncio.Event(), []
+    router.always(A, _slow(lib, clock, release, arrivals))
+    client = client_for(make_async_lb([Backend(A, 1)]))  # max_wait_s=0
+    tasks = [asyncio.create_task(post(client))]
+    await _until(lambda: len(arrivals) == 1)
+    tasks += [asyncio.create_task(post(client)) for _ in range(3)]
+    await _until(lambda: len(arrivals) == 4)
+    release.set()
+    assert [(await t).status_code for t in tasks] == [200] * 4
+    assert arrivals[0] == 0
+    assert arrivals[1:] == [pytest.approx(PROBE_HOLD_MAX_S, abs=_PROBE_POLL_S)] * 3
+
+
+async def test_after_a_429_the_probe_holds_the_others_for_a_few_of_the_fastest_answers(
+    make_async_lb: MakeLb, router: Any, client_for: Any, lib: Any, clock: Any, fake_sleep: list[float]
+) -> None:
+    """After a 429's cooldown with the limit unknown, one request goes first again, for a round trip
+    measured from the backend's answers: four times its fastest recent one (at least 50 ms)."""
+    release, arrivals = asyncio.Event(), []
+    router.script(A, _taking(lib, clock, 0.03), _taking(lib, clock, 0.02, 429, {"retry-after": "1"}))
+    router.always(A, _slow(lib, clock, release, arrivals))
+    client = client_for(make_async_lb([Backend(A, 1)]))
+    assert (await post(client)).status_code == 200
+    assert routing(await post(client)).backend is None  # the 429: nothing else to try
+    clock.set(clock.start + 2)
+    tasks = [asyncio.create_task(post(client))]
+    await _until(lambda: len(arrivals) == 1)
+    tasks += [asyncio.create_task(post(client)) for _ in range(2)]
+    await _until(lambda: len(arrivals) == 3)
+    release.set()
+    assert [(await t).status_code for t in tasks] == [200] * 3
+    hold = PROBE_HOLD_FACTOR * 0.02
+    assert [a - arrivals[0] for a in arrivals[1:]] == [pytest.approx(hold, abs=_PROBE_POLL_S)] * 2
+
+
+async def test_across_balancers_the_shared_probe_holds_the_others_as_briefly(
+    router: Any, client_for: Any, lib: Any, clock: Any, fake_sleep: list[float]
+) -> None:
+    """Balancers sharing a store: another balancer's probe of a backend whose budget is unknown holds
+    this one's requests back for the probe's hold, no longer, and never turns them into 429s."""
+    release, arrivals = asyncio.Event(), []
+    router.always(A, _slow(lib, clock, release, arrivals))
+    store = MemoryStateStore(clock=clock)
+    options = {"transport": router.transport, "clock": clock, "max_wait_s": 0, "state": store}
+    first = client_for(AsyncLoadBalancer([Backend(A, 1)], **options))
+    second = client_for(AsyncLoadBalancer([Backend(A, 1)], **options))
+    tasks = [asyncio.create_task(post(first))]
+    await _until(lambda: len(arrivals) == 1)
+    tasks += [asyncio.create_task(post(second)) for _ in range(2)]
+    await _until(lambda: len(arrivals) == 3)
+    release.set()
+    assert [(await t).status_code for t in tasks] == [200] * 3
+    assert arrivals[1:] == [pytest.approx(PROBE_HOLD_MAX_S, abs=_PROBE_POLL_S)] * 2

@@ -748,4 +748,4 @@ def test_a_balancer_takes_any_rate_limit_headers(
     assert math.isfinite(cooling)
     if status == 429:
         assert response.status_code == 429
-        assert cooling >= _MIN_THROTTLE_S
+        assert cooling >= _MIN_THROTTLE_S - 1e-9  # float noise: the clock reads 1000.025

@@ -45,6 +45,19 @@ def test_an_unknown_budget_is_probed_by_one_request(store: MemoryStateStore) -> 
     assert store.reserve(KEYS, 1, [], 10.0).probe  # each backend has its own
 
 
+def test_the_probe_holds_the_others_back_for_its_hold_only(store: MemoryStateStore, clock: FakeClock) -> None:
+    """A 429 would be back within the probe's hold: past it the probe was admitted, and the others go
+    (uncounted: the budget is still unknown) until its answer is reported."""
+    assert store.reserve(KEYS, 0, [], 0.5).probe
+    clock.advance(0.49)
+    assert not store.reserve(KEYS, 0, [], 0.5).granted
+    clock.advance(0.01)
+    released = [store.reserve(KEYS, 0, [], 0.5) for _ in range(20)]
+    assert all(r.granted and not r.probe for r in released)
+    store.report([BudgetReport(KEYS[0], 1, 5.0, 30)])  # its answer: the counter takes over
+    assert [store.reserve(KEYS, 0, [], 0.5).granted for _ in range(2)] == [True, False]
+
+
 def test_a_probe_that_is_never_reported_ends_with_its_ttl(store: MemoryStateStore, clock: FakeClock) -> None:
     store.reserve(KEYS, 0, [], 10.0)
     clock.advance(10)

@@ -366,7 +366,7 @@ def check_counts(lb: Any, backend: Outcomes, responses: list[Any], events: list[
     assert_paired_per_actor(events)
 
 
-def test_counts_add_up_under_threads(make_lb: MakeLb, router: Any, lib: Any) -> None:
+def test_counts_add_up_under_threads(make_lb: MakeLb, router: Any, lib: Any, real_sleep: None) -> None:
     backend = Outcomes(lib)
     for host in HOSTS:
         router.always(host, backend)
