@@ -1,17 +1,18 @@
-"""The README's Python blocks: found, valid Python, each written for a known environment.
+"""The README's Python blocks: found, valid Python, each written for a known environment, and run.
 
-CI runs them (``tests/readme_blocks.py``), each in the environment it is written for; these checks
-are the quick part, run with the suite.
+CI runs every block (``tests/readme_blocks.py``) in the environment it is written for; the suite runs
+the plain and legacy-httpx ones here, where what they import is installed.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 
 import pytest
 
-from readme_blocks import ENVIRONMENTS, README, blocks
+from readme_blocks import ENVIRONMENTS, README, Block, blocks, run
 
 
 def test_every_python_block_is_valid_python_and_needs_no_hand_built_endpoint() -> None:
@@ -74,3 +75,31 @@ def test_blocks_are_found_with_their_environment() -> None:
 def test_malformed_markup_is_refused(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         blocks(text)
+
+
+def _missing_module(code: str) -> str | None:
+    """The first top-level module the block imports that is not installed here, if any."""
+    for node in ast.walk(ast.parse(code)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        for name in names:
+            top = name.split(".")[0]
+            if importlib.util.find_spec(top) is None:
+                return top
+    return None
+
+
+_RUNNABLE = [b for b in blocks(README.read_text(encoding="utf-8")) if b.env in ("default", "httpx")]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("block", _RUNNABLE, ids=[f"README.md:{b.line}" for b in _RUNNABLE])
+def test_the_block_runs_here(block: Block) -> None:
+    """Each block, run as a script here, where the modules it imports are installed (CI runs every
+    block in the environment it is written for: tests/readme_blocks.py)."""
+    missing = _missing_module(block.code)
+    if missing:
+        pytest.skip(f"{missing} is not installed here; CI runs this block in its own environment")
+    ok, _, output = run(block, "README.md")
+    assert ok, output
