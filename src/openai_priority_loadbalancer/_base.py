@@ -11,7 +11,6 @@ response, update the state) -> transport.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -25,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import _affinity
 from ._backend import Backend
+from ._budget import ADMISSION_DELAY_S, Budgets, int_header
+from ._choice import Choice
 from ._cooldown import (
     DEFAULT_MAX_COOLDOWN_S,
     LIMIT_REQUESTS,
@@ -52,7 +53,7 @@ from ._events import (
 )
 from ._state import PROBE_HOLD_MAX_S, BackendState
 from ._stats import BackendStats, Stats, snapshot
-from ._store import UNMETERED_S, BudgetReport, BudgetStore, Reason, SharedState, StateStore, shared_key
+from ._store import UNMETERED_S, BudgetStore, Reason, SharedState, StateStore, shared_key
 
 if TYPE_CHECKING:
     from ._affinity import Pin, Pinned
@@ -80,9 +81,6 @@ SHARE: Final = 4  # value: a Share for the state store; the loop sends back its 
 READ: Final = 5  # value: a response whose body the flow needs (a short error): the loop reads it
 
 Action = tuple[int, Any]
-#: A budget report waiting to reach the store: remaining, the window's reset (monotonic), limit, and
-#: whether the reset is an estimate (the backend named none).
-_Pending = tuple[int | None, float, int | None, bool]
 #: A call on the state store: method name ("load", "set_aside", "clear_failure") and its arguments.
 #: The async loop calls the method's "a"-prefixed form.
 Share = tuple[str, tuple[Any, ...]]
@@ -98,14 +96,6 @@ _PROBE_POLL_S: Final = 0.02
 _MIN_THROTTLE_S: Final = 0.025
 # The shortest wait: a backend tried by this request and free again "now" is not hammered in a loop.
 _MIN_WAIT_S: Final = 0.01
-# The longest a backend is assumed to take to admit an attempt after it is sent (one network hop).
-_ADMISSION_DELAY_S: Final = 0.05
-# How long a window is believed to last while the backend has named no reset and no wait: the shortest
-# window Azure OpenAI meters requests over. Too short costs a 429 (whose wait then teaches the window).
-_FIRST_WINDOW_GUESS_S: Final = 1.0
-# Tiers up to this size are scanned whole when choosing; larger ones are sampled (see _choose).
-_SCAN_LIMIT: Final = 32
-_SAMPLE: Final = 16
 # What Azure's 404 for a deployment a resource lacks says, in its JSON error body.
 _DEPLOYMENT_NOT_FOUND: Final = b'"DeploymentNotFound"'
 _TOKEN_CHARS: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -239,9 +229,6 @@ class BaseLoadBalancer:
         self._store = state
         # With a store that shares budgets, each attempt reserves one of its backend's requests.
         self._budgets = state if isinstance(state, BudgetStore) else None
-        # Budget reports waiting to ride along with the next reservation: index -> (remaining,
-        # monotonic time of the window's reset, limit, whether that reset is an estimate).
-        self._pending_reports: dict[int, _Pending] = {}
         self._backend_header = backend_header
         self._clock = clock
         self._wall_clock = wall_clock
@@ -257,15 +244,17 @@ class BaseLoadBalancer:
         self._states = [BackendState(backend, i) for i, backend in enumerate(self.backends)]
         # The backends' names in the shared store (only a balancer with a store needs them).
         self._shared_keys = [shared_key(b) for b in self.backends] if state is not None else []
-        priorities = sorted({b.priority for b in self.backends})
-        self._tiers = [[s for s in self._states if s.backend.priority == p] for p in priorities]
-        self._equal_weights = len({b.weight for b in self.backends}) == 1
-        self._tier_cum_weights = [
-            list(itertools.accumulate(s.backend.weight for s in tier)) if len(tier) > _SCAN_LIMIT else None
-            for tier in self._tiers
-        ]
         self._lock = threading.Lock()
         self._random = random.Random()
+        self._choice = Choice(self._states)
+        self._book = Budgets(
+            self._shared_keys,
+            sharing=self._budgets is not None,
+            default_cooldown_s=self._default_cooldown_s,
+            rate_limit=self._rate_limit,
+            set_aside=self._set_aside,
+            lock=self._lock,
+        )
         self._url_cache: dict[tuple[Any, ...], tuple[Any, str]] = {}
         emits = self._emit if on_event is not None else None
         self._affinity = _affinity.Affinity.build(
@@ -355,7 +344,7 @@ class BaseLoadBalancer:
             shared_probe = False
             if self._budgets is not None:
                 try:
-                    reservation = yield (SHARE, ("reserve", self._reserve_args(state, now)))
+                    reservation = yield (SHARE, ("reserve", self._book.reserve_args(state, now)))
                 except BaseException:
                     self._unchoose(state, probe, None, now)
                     raise
@@ -541,19 +530,6 @@ class BaseLoadBalancer:
         for event in adopted:
             self._emit(event)
 
-    def _reserve_args(self, state: BackendState, now: float) -> tuple[Any, ...]:
-        """Arguments of ``BudgetStore.reserve`` for ``state``'s backend, with the budget reports pending."""
-        with self._lock:
-            pending, self._pending_reports = self._pending_reports, {}
-            # The window's probe (if this is it) holds the other balancers back as long as it does ours.
-            hold = state.probe_hold_s()
-        reports = [
-            BudgetReport(self._shared_keys[index], remaining, reset_at - now, limit, estimated)
-            for index, (remaining, reset_at, limit, estimated) in pending.items()
-            if reset_at > now  # a report of a window that has ended since says nothing of this one
-        ]
-        return (self._shared_keys, state.index, reports, hold)
-
     def _settle(
         self,
         state: BackendState,
@@ -587,19 +563,7 @@ class BaseLoadBalancer:
 
     def _end_probe(self, state: BackendState) -> Action:
         """The action that ends this balancer's shared probe of ``state``'s backend, however it ended."""
-        return (SHARE, ("report", (self._probe_report(state),)))
-
-    def _probe_report(self, state: BackendState) -> list[BudgetReport]:
-        """What the window's shared probe found, for every balancer: the budget its answer reported,
-        else that nothing is known (which ends the probe, so that the next request may try)."""
-        now = self._clock()
-        with self._lock:
-            pending = self._pending_reports.pop(state.index, None)
-        key = self._shared_keys[state.index]
-        if pending is None or pending[1] <= now:
-            return [BudgetReport(key, 0, 0.0, None)]  # reset_s 0: forget the counter
-        remaining, reset_at, limit, estimated = pending
-        return [BudgetReport(key, remaining, reset_at - now, limit, estimated)]
+        return (SHARE, ("report", (self._book.probe_report(state, self._clock()),)))
 
     def _unchoose(self, state: BackendState, probe: bool, wait_s: float | None, now: float) -> None:
         """Undo a choice the shared budget refused (or that was cancelled before it was sent)."""
@@ -637,80 +601,9 @@ class BaseLoadBalancer:
     # ------------------------------------------------------------------ choosing
 
     def _choose(self, now: float, tried: set[int]) -> tuple[BackendState | None, bool, int]:
-        """Pick the backend for the next attempt and count it in flight; state None if none is left.
-
-        Returns the backend's state, whether the attempt is its one allowed probe, and the attempt's
-        number among those sent to the backend.
-
-        The best priority with a usable backend wins. Within it: backends whose budget is not known
-        to be spent first, then the fewest requests in flight for their weight, then at random by
-        weight. A backend that may take only one request at a time (a half-open breaker, a budget
-        believed spent or not known after a 429) is passed over while that request is out.
-
-        A tier of more than ``_SCAN_LIMIT`` backends is not scanned whole: the choice is the best of
-        ``_SAMPLE`` of its backends drawn at random by weight, so choosing costs the same at any size
-        (the whole tier is scanned only when none of the sample is usable).
-        """
+        """Pick the backend for the next attempt and count it in flight (see :meth:`Choice.choose`)."""
         with self._lock:
-            for tier, cum_weights in zip(self._tiers, self._tier_cum_weights, strict=True):
-                if cum_weights is None:
-                    best, exhausted = self._best(tier, now, tried)
-                else:
-                    sample = self._random.choices(tier, cum_weights=cum_weights, k=_SAMPLE)
-                    # The sample is drawn by weight already: its first best member is the weighted pick.
-                    best, exhausted = self._best(sample, now, tried)
-                    if best:
-                        best = best[:1]
-                    else:
-                        best, exhausted = self._best(tier, now, tried)
-                if not best:
-                    continue
-                if len(best) == 1:
-                    chosen = best[0]
-                elif self._equal_weights:
-                    chosen = best[int(self._random.random() * len(best))]  # random.choice, in one call
-                else:
-                    weights = [s.backend.weight for s in best]
-                    chosen = self._random.choices(best, weights)[0]
-                if chosen.cooling_reason is not None:
-                    logger.info("backend available again backend=%s", chosen.backend.id)
-                    chosen.cooling_reason = None
-                # One request at a time while the budget is spent or unknown, or the breaker half-open
-                # (the backend is usable now, so a failure count means the breaker is half-open).
-                # An unknown budget is probed once: those let through after the probe's hold are not probes.
-                probe = exhausted or chosen.failures > 0 or (chosen.probe_first and not chosen.probing)
-                if probe and not chosen.probing:
-                    chosen.probing = True
-                    chosen.probe_sent_at = now
-                chosen.in_flight += 1
-                chosen.sent += 1
-                chosen.requests += 1
-                return chosen, probe, chosen.sent
-            return None, False, 0
-
-    @staticmethod
-    def _best(candidates: list[BackendState], now: float, tried: set[int]) -> tuple[list[BackendState], bool]:
-        """The usable candidates that rank first (see :meth:`_choose`), in the order given, and whether
-        their budget is believed spent (the same for all of them: it is part of the rank)."""
-        best: list[BackendState] = []
-        best_key: tuple[bool, float] = (True, math.inf)
-        for s in candidates:
-            if now < s.cooling_until or s.index in tried:
-                continue
-            exhausted = s.budget_exhausted(now)
-            if exhausted:
-                if s.in_flight:
-                    continue  # one at a time: what is in flight will tell more
-            elif s.probe_first and s.held_by_probe(now):
-                continue  # the budget is unknown: its probe goes alone, for about a round trip
-            if s.probing and s.failures:
-                continue  # half-open: its one probe is out
-            key = (exhausted, s.in_flight / s.backend.weight)
-            if not best or key < best_key:
-                best, best_key = [s], key
-            elif key == best_key:
-                best.append(s)
-        return best, best_key[0]
+            return self._choice.choose(now, tried, self._random)
 
     # ------------------------------------------------------------------ building an attempt
 
@@ -802,10 +695,10 @@ class BaseLoadBalancer:
                 self._set_aside(state, now, cooldown, "throttled", status)
                 # When the cooldown ends, so has the window: expect its full budget where the backend
                 # told its limit, else let one request find out before the others follow.
-                state.limit_requests = _int_header(headers, LIMIT_REQUESTS, state.limit_requests)
+                state.limit_requests = int_header(headers, LIMIT_REQUESTS, state.limit_requests)
                 state.refill(state.cooling_until + self._default_cooldown_s)
                 if self._budgets is not None:
-                    self._pending_reports[state.index] = (0, now + cooldown, state.limit_requests, False)
+                    self._book.pending[state.index] = (0, now + cooldown, state.limit_requests, False)
                 keep = False
                 event: Event = ThrottledEvent(self._wall_clock(), state.backend.id, cooldown, now - started)
                 if shares is not None:
@@ -829,12 +722,12 @@ class BaseLoadBalancer:
                 tokens_name, tokens_left = header(headers, REMAINING_TOKENS)
                 if requests_left is not None or tokens_left is not None:
                     # The backend admitted the attempt (and timed its reset) about one network hop
-                    # after it was sent: half the answer's time, and no more than _ADMISSION_DELAY_S.
-                    admitted = started + min((now - started) / 2, _ADMISSION_DELAY_S)
+                    # after it was sent: half the answer's time, and no more than ADMISSION_DELAY_S.
+                    admitted = started + min((now - started) / 2, ADMISSION_DELAY_S)
                     remaining = read_count(requests_name, requests_left)
                     # Sharing budgets needs every answer's reset; otherwise it is read only when needed.
                     whole = self._rate_limit(headers) if self._budgets is not None else None
-                    spent = self._note_budget(
+                    spent = self._book.note(
                         state,
                         seq,
                         headers,
@@ -848,14 +741,14 @@ class BaseLoadBalancer:
                         if shares is not None:
                             shares.append(self._set_aside_record(state, "exhausted", *spent))
                     if self._budgets is not None and remaining is not None:
-                        self._pending_reports[state.index] = self._budget_report(
+                        self._book.pending[state.index] = self._book.report(
                             state, headers, whole, admitted, remaining
                         )
                 elif status < 400:
                     # It took a request and says nothing of its budget: no belief that it is spent survives.
                     state.forget_budget()
                     if self._budgets is not None:
-                        self._pending_reports[state.index] = (None, now + UNMETERED_S, None, False)
+                        self._book.pending[state.index] = (None, now + UNMETERED_S, None, False)
                 if self._on_event is not None:
                     event = ServedEvent(self._wall_clock(), state.backend.id, status, now - started)
         if self._on_event is not None:
@@ -885,30 +778,6 @@ class BaseLoadBalancer:
         """Every rate-limit header of an answer, read with this balancer's clock and bounds."""
         return read_rate_limit(headers, wall_now=self._wall_clock(), max_cooldown_s=self._max_cooldown_s)
 
-    def _budget_report(
-        self, state: BackendState, headers: Any, info: RateLimitInfo | None, admitted: float, remaining: int
-    ) -> _Pending:
-        """A pending budget report (remaining, reset time, limit, estimated) from a success's headers.
-
-        When the backend names no reset, the window is estimated to end one window (as long as the
-        backend's answers have shown, see :meth:`_window_s`) after this attempt was admitted. The store
-        starts a counter with that estimate only from the answer of the window's probe, and never
-        moves a counter's end for an estimate: the window ends as the probe's answer says.
-        """
-        if info is None:
-            info = self._rate_limit(headers)
-        limit = _int_header(headers, LIMIT_REQUESTS, None)
-        if info.reset_requests_s is not None:
-            return remaining, admitted + info.reset_requests_s, limit, False
-        return remaining, admitted + self._window_s(state), limit, True
-
-    def _window_s(self, state: BackendState) -> float:
-        """How long a window of the backend lasts, as far as its answers have shown (the longest reset
-        or wait it named), and never more than ``default_cooldown_s``; before it has shown any, the
-        first guess (too short costs one 429, whose wait then shows more)."""
-        window = state.window_s
-        return min(_FIRST_WINDOW_GUESS_S if window is None else window, self._default_cooldown_s)
-
     def _set_aside_record(
         self,
         state: BackendState,
@@ -919,79 +788,6 @@ class BaseLoadBalancer:
     ) -> Share:
         record = SharedState(cooldown_s, reason, state.failures, remaining_requests, remaining_tokens)
         return ("set_aside", (self._shared_keys[state.index], record))
-
-    def _note_budget(
-        self,
-        state: BackendState,
-        seq: int,
-        headers: Any,
-        admitted: float,
-        remaining_requests: int | None,
-        remaining_tokens: int | None,
-        info: RateLimitInfo | None = None,
-    ) -> tuple[float, int | None, int | None] | None:
-        """Remember the budget a success reported; set the backend aside until a known reset if it is spent.
-
-        ``seq`` numbers the attempt among those sent to the backend; a report older than the one kept
-        is ignored. The report counts what the backend admitted before this attempt, and a backend
-        may admit concurrent attempts in any order: the attempts still in flight are taken off it,
-        and those sent afterwards as they go.
-
-        While the budget is far from spent, that is all (a few header lookups per answer), and the
-        report is believed for ``default_cooldown_s``. Once it is nearly spent, the reset headers are
-        read too: the report is believed until the reset, and a spent backend is set aside until
-        then. The backend computed its reset when it admitted the attempt, so the reset counts from
-        then (``admitted``), not from the (later) answer.
-
-        A backend that names no reset (Azure OpenAI names none on a success) is believed spent only
-        until its window would end: one window (:meth:`_window_s`) after the window's first answer
-        here was admitted. Without a budget store it is set aside until then, and the next request
-        then goes alone; with one, the store's counter decides when the fleet may send again.
-
-        ``info`` is the answer's headers read whole, if the caller read them already.
-
-        Returns, if the backend was set aside: for how long, and the remaining requests and tokens
-        it reported.
-        """
-        if seq < state.report_seq:
-            return None
-        now = admitted
-        began = state.window_began
-        if began is None or now >= began + self._window_s(state):
-            state.window_began = began = now  # the first answer of a window (as far as is known)
-        state.report_seq = seq
-        state.remaining_seq = state.sent
-        believed = None if remaining_requests is None else max(0, remaining_requests - state.in_flight)
-        state.remaining_requests = believed
-        state.remaining_tokens = remaining_tokens
-        state.budget_estimated = False
-        if not ((believed is not None and believed <= 1) or remaining_tokens == 0):
-            state.budget_expires = now + self._default_cooldown_s
-            return None
-        state.limit_requests = _int_header(headers, LIMIT_REQUESTS, state.limit_requests)
-        if info is None:
-            info = self._rate_limit(headers)
-        reset = (
-            info.reset_tokens_s if info.remaining_tokens == 0 else info.reset_requests_s
-        ) or info.cooldown_s
-        if reset:
-            state.learn_window(reset)
-            state.budget_expires = now + reset
-            if state.budget_exhausted(now):
-                self._set_aside(state, now, reset, "exhausted", None)
-                state.refill(state.cooling_until + self._default_cooldown_s)
-                return reset, remaining_requests, remaining_tokens
-            return None
-        # No reset named: believed until the window would end, and no longer.
-        reset = began + self._window_s(state) - now
-        state.budget_expires = now + reset
-        state.budget_estimated = True
-        if self._budgets is None and reset > 0 and state.budget_exhausted(now):
-            # When it ends, the belief does (see budget_exhausted), and one request finds out what the
-            # window holds.
-            self._set_aside(state, now, reset, "exhausted", "no reset named")
-            return reset, remaining_requests, remaining_tokens
-        return None
 
     def _on_error(
         self, state: BackendState, probe: bool, exc: BaseException, started: float, cause: str | None = None
@@ -1209,14 +1005,6 @@ def _rewrite_deployment(raw_path: bytes, deployments: Mapping[str, str]) -> byte
     if target is None:
         return raw_path
     return prefix + target.encode() + rest[end:]
-
-
-def _int_header(headers: Any, names: tuple[str, ...], default: int | None) -> int | None:
-    _, value = header(headers, names)
-    if value is None:
-        return default
-    value = value.strip()
-    return int(value) if value.isascii() and value.isdigit() and len(value) < 12 else default
 
 
 def _rewrite_model(content: bytes, deployments: Mapping[str, str]) -> bytes | None:

@@ -11,7 +11,7 @@ import pytest
 from _unit_support import CALLER_URL
 
 from openai_priority_loadbalancer import Backend, LoadBalancer
-from openai_priority_loadbalancer._base import _SCAN_LIMIT
+from openai_priority_loadbalancer._choice import _SCAN_LIMIT
 
 PICKS = 10_000
 #: The balancers' random choices are seeded: a statistical bound checked against a fresh random draw
