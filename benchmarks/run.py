@@ -377,7 +377,21 @@ def measure_affinity(plan: Plan) -> dict[str, Any]:
     for client in clients:
         client.close()
     learn = _overhead(learn_runs, 0, 1)
-    return {"examine_us": examine, "learn": learn}
+    return {"examine_us": examine, "learn": learn, "owner_map": _owner_map_memory()}
+
+
+def _owner_map_memory() -> dict[str, float]:
+    """The memory of a full default-sized map of owners: bytes per object and megabytes in all."""
+    from openai_priority_loadbalancer._affinity import DEFAULT_MAX_OBJECTS, OwnerMap
+
+    ids = [f"resp_{i:048x}" for i in range(DEFAULT_MAX_OBJECTS)]  # ids as long as Azure's
+    tracemalloc.start()
+    owners = OwnerMap(DEFAULT_MAX_OBJECTS)
+    for i, object_id in enumerate(ids):
+        owners.put(object_id, i % 3)
+    size, _peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"objects": len(owners), "bytes_per_object": size / len(owners), "mb": size / 1e6}
 
 
 class _OneChunk(httpx.SyncByteStream):
@@ -865,6 +879,11 @@ def print_report(results: dict[str, Any], plan: Plan) -> None:
     for key, value in affinity["examine_us"].items():
         print(f"  {key:22}{value:8.2f}us")
     learn = affinity["learn"]
+    owner_map = affinity["owner_map"]
+    print(
+        f"  a full map of owners: {owner_map['objects']:.0f} objects,"
+        f" {owner_map['bytes_per_object']:.0f} B each, {owner_map['mb']:.1f} MB"
+    )
     print(
         f"  a Responses create, its answer's ids learned as read: {learn['balanced_us']:.1f}us vs "
         f"{learn['plain_us']:.1f}us with affinity off ({learn['overhead_us']:+.1f}us)"

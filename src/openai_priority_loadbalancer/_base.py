@@ -156,7 +156,7 @@ class BaseLoadBalancer:
         affinity: send a request that names a stored object (a response, conversation, file, ...)
             to the backend holding it, learning owners from the answers that create them (default);
             False balances every request as if it named nothing.
-        affinity_max_objects: how many objects' owners this balancer remembers (about 90 bytes each).
+        affinity_max_objects: how many objects' owners this balancer remembers (about 75 bytes each).
         affinity_ttl_s: how long a state store keeps an owner (default 30 days, as Azure keeps a
             stored response).
         first_byte_timeout_s: a deadline for a streamed request's attempts (``"stream": true`` in
