@@ -425,7 +425,9 @@ class BaseLoadBalancer:
                 if pin.must_read(response):
                     try:
                         yield (READ, response)
-                    except Exception:
+                    except GeneratorExit:
+                        raise
+                    except BaseException:  # cancelled or cut: no one else will close it
                         yield (CLOSE, response)
                         raise
                 keep = pin.judge(state, response, keep)

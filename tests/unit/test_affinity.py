@@ -686,3 +686,36 @@ def test_a_not_found_body_that_cannot_be_read_is_closed_and_its_error_raised(
         create(client, previous_response_id="resp_x")
     assert closed
     assert [h for h, _, _ in resources.requests] == [A]
+
+
+def test_a_request_cancelled_while_a_not_found_body_is_read_closes_it(
+    lib: Any, clock: FakeClock, wall: FakeClock
+) -> None:
+    closed: list[bool] = []
+    started = asyncio.Event()
+
+    class Slow(lib.AsyncByteStream):  # type: ignore[misc,name-defined]
+        async def __aiter__(self) -> Any:
+            started.set()
+            await asyncio.sleep(30)
+            yield b"{}"
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    async def answer(request: Any) -> Any:
+        return lib.Response(400, stream=Slow())
+
+    async def main() -> None:
+        lb = AsyncLoadBalancer(
+            [Backend(A, 1), Backend(B, 2)], transport=lib.MockTransport(answer), clock=clock, wall_clock=wall
+        )
+        async with lib.AsyncClient(transport=lb) as client:
+            task = asyncio.create_task(client.post(f"{BASE}/responses", json={"previous_response_id": "r"}))
+            await asyncio.wait_for(started.wait(), 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert closed
+
+    asyncio.run(main())
