@@ -37,6 +37,7 @@ from ._cooldown import (
     read_count,
     read_rate_limit,
 )
+from ._cost import estimate_cost
 from ._deployment import deployment_of
 from ._events import (
     AbandonedEvent,
@@ -305,6 +306,8 @@ class BaseLoadBalancer:
         )
         deployment: str | None = None  # read only once a backend is known to lack some deployment
         deployment_read = False
+        # What the request costs in tokens, as Azure estimates it (embeddings generate none).
+        cost = estimate_cost(request.content, generates=b"/embeddings" not in request.url.raw_path)
         while True:
             if loads:
                 self._merge_shared((yield (SHARE, ("load", (self._shared_keys,)))))
@@ -320,7 +323,7 @@ class BaseLoadBalancer:
                     # Lacking everywhere: tried anyway, and the first 404 goes to the caller.
                     if missing and len(missing) < len(self._states):
                         skip = tried | missing
-            state, probe, seq = self._choose(now, skip)
+            state, probe, seq = self._choose(now, skip, cost)
             if state is None:
                 among = pin.among() if pin is not None else None
                 if deadline is None:
@@ -418,7 +421,7 @@ class BaseLoadBalancer:
                 limited[0]["read"] = limited[1]
             elapsed = self._clock() - now
             attempts.append(Attempt(backend.id, response.status_code, None, elapsed))
-            keep, shares = self._on_response(state, probe, seq, response, now)
+            keep, shares = self._on_response(state, probe, seq, response, now, cost)
             if shares or shared_probe:
                 yield from self._settle(state, shared_probe, shares, response)
             if pin is not None:
@@ -602,10 +605,10 @@ class BaseLoadBalancer:
 
     # ------------------------------------------------------------------ choosing
 
-    def _choose(self, now: float, tried: set[int]) -> tuple[BackendState | None, bool, int]:
+    def _choose(self, now: float, tried: set[int], cost: int = 0) -> tuple[BackendState | None, bool, int]:
         """Pick the backend for the next attempt and count it in flight (see :meth:`Choice.choose`)."""
         with self._lock:
-            return self._choice.choose(now, tried, self._random)
+            return self._choice.choose(now, tried, self._random, cost)
 
     # ------------------------------------------------------------------ building an attempt
 
@@ -666,7 +669,7 @@ class BaseLoadBalancer:
     # ------------------------------------------------------------------ judging
 
     def _on_response(
-        self, state: BackendState, probe: bool, seq: int, response: Response, started: float
+        self, state: BackendState, probe: bool, seq: int, response: Response, started: float, cost: int = 0
     ) -> tuple[bool, list[Share] | None]:
         """Record ``response``. Returns whether it goes to the caller (else: discard it, try another
         backend), and what to tell the shared store (None without one)."""
@@ -737,6 +740,7 @@ class BaseLoadBalancer:
                         remaining,
                         read_count(tokens_name, tokens_left),
                         whole,
+                        cost,
                     )
                     if spent is not None:
                         spent_s = state.cooling_until - now

@@ -96,6 +96,7 @@ class Budgets:
         remaining_requests: int | None,
         remaining_tokens: int | None,
         info: RateLimitInfo | None = None,
+        cost: int = 0,
     ) -> tuple[float, int | None, int | None] | None:
         """Remember the budget a success reported; set the backend aside until a known reset if it is spent.
 
@@ -115,6 +116,10 @@ class Budgets:
         here was admitted. Without a budget store it is set aside until then, and the next request
         then goes alone; with one, the store's counter decides when the fleet may send again.
 
+        Tokens likewise: the attempts in flight are taken off a tokens report at this attempt's
+        ``cost`` each, and the costs sent afterwards as they go. A report that leaves less than
+        ``cost`` (no room for another request like this one) counts as spent, until the tokens' reset.
+
         ``info`` is the answer's headers read whole, if the caller read them already.
 
         Returns, if the backend was set aside: for how long, and the remaining requests and tokens
@@ -130,21 +135,24 @@ class Budgets:
         state.remaining_seq = state.sent
         believed = None if remaining_requests is None else max(0, remaining_requests - state.in_flight)
         state.remaining_requests = believed
-        state.remaining_tokens = remaining_tokens
+        tokens = None if remaining_tokens is None else max(0, remaining_tokens - state.in_flight * cost)
+        state.remaining_tokens = tokens
+        state.tokens_mark = state.cost_sent
+        short = tokens is not None and cost > 0 and tokens < cost
         state.budget_estimated = False
-        if not ((believed is not None and believed <= 1) or remaining_tokens == 0):
+        if not ((believed is not None and believed <= 1) or remaining_tokens == 0 or short):
             state.budget_expires = now + self._default_cooldown_s
             return None
         state.limit_requests = int_header(headers, LIMIT_REQUESTS, state.limit_requests)
         if info is None:
             info = self._rate_limit(headers)
         reset = (
-            info.reset_tokens_s if info.remaining_tokens == 0 else info.reset_requests_s
+            info.reset_tokens_s if info.remaining_tokens == 0 or short else info.reset_requests_s
         ) or info.cooldown_s
         if reset:
             state.learn_window(reset)
             state.budget_expires = now + reset
-            if state.budget_exhausted(now):
+            if state.budget_exhausted(now) or short:
                 self._set_aside(state, now, reset, "exhausted", None)
                 state.refill(state.cooling_until + self._default_cooldown_s)
                 return reset, remaining_requests, remaining_tokens
@@ -153,7 +161,7 @@ class Budgets:
         reset = began + self.window_s(state) - now
         state.budget_expires = now + reset
         state.budget_estimated = True
-        if not self._sharing and reset > 0 and state.budget_exhausted(now):
+        if not self._sharing and reset > 0 and (state.budget_exhausted(now) or short):
             # When it ends, the belief does (see budget_exhausted), and one request finds out what the
             # window holds.
             self._set_aside(state, now, reset, "exhausted", "no reset named")

@@ -41,7 +41,7 @@ class Choice:
         ]
 
     def choose(
-        self, now: float, tried: set[int], rng: random.Random
+        self, now: float, tried: set[int], rng: random.Random, cost: int = 0
     ) -> tuple[BackendState | None, bool, int]:
         """Pick the backend for the next attempt and count it in flight; state None if none is left.
 
@@ -56,18 +56,21 @@ class Choice:
         A tier of more than ``_SCAN_LIMIT`` backends is not scanned whole: the choice is the best of
         ``_SAMPLE`` of its backends drawn at random by weight, so choosing costs the same at any size
         (the whole tier is scanned only when none of the sample is usable).
+
+        ``cost`` is the request's estimated tokens: a backend whose believed remaining tokens cannot
+        fit it ranks like a spent one.
         """
         for tier, cum_weights in zip(self._tiers, self._tier_cum_weights, strict=True):
             if cum_weights is None:
-                best, exhausted = rank(tier, now, tried)
+                best, exhausted = rank(tier, now, tried, cost)
             else:
                 sample = rng.choices(tier, cum_weights=cum_weights, k=_SAMPLE)
                 # The sample is drawn by weight already: its first best member is the weighted pick.
-                best, exhausted = rank(sample, now, tried)
+                best, exhausted = rank(sample, now, tried, cost)
                 if best:
                     best = best[:1]
                 else:
-                    best, exhausted = rank(tier, now, tried)
+                    best, exhausted = rank(tier, now, tried, cost)
             if not best:
                 continue
             if len(best) == 1:
@@ -89,12 +92,15 @@ class Choice:
                 chosen.probe_sent_at = now
             chosen.in_flight += 1
             chosen.sent += 1
+            chosen.cost_sent += cost
             chosen.requests += 1
             return chosen, probe, chosen.sent
         return None, False, 0
 
 
-def rank(candidates: list[BackendState], now: float, tried: set[int]) -> tuple[list[BackendState], bool]:
+def rank(
+    candidates: list[BackendState], now: float, tried: set[int], cost: int = 0
+) -> tuple[list[BackendState], bool]:
     """The usable candidates that rank first (see :meth:`Choice.choose`), in the order given, and whether
     their budget is believed spent (the same for all of them: it is part of the rank)."""
     best: list[BackendState] = []
@@ -102,7 +108,7 @@ def rank(candidates: list[BackendState], now: float, tried: set[int]) -> tuple[l
     for s in candidates:
         if now < s.cooling_until or s.index in tried:
             continue
-        exhausted = s.budget_exhausted(now)
+        exhausted = s.budget_exhausted(now) or (cost > 0 and s.tokens_short(now, cost))
         if exhausted:
             if s.in_flight:
                 continue  # one at a time: what is in flight will tell more

@@ -37,6 +37,7 @@ class BackendState:
         "budget_expires",
         "cooling_reason",
         "cooling_until",
+        "cost_sent",
         "failed",
         "failures",
         "in_flight",
@@ -60,6 +61,7 @@ class BackendState:
         "throttle_streak",
         "throttled",
         "throttled_at",
+        "tokens_mark",
         "window_began",
         "window_s",
     )
@@ -119,12 +121,23 @@ class BackendState:
         #: The last LATENCY_WINDOW latencies (seconds), a ring: a flat array of doubles, no objects.
         self.latencies = array("d")
         self.latency_count = 0
+        #: Tokens the attempts sent so far were estimated to cost, and that sum when the tokens
+        #: report kept was taken: the believed remaining tokens are the report less the difference.
+        self.cost_sent = 0
+        self.tokens_mark = 0
 
     def end_attempt(self, probe: bool) -> None:
         """One attempt is no longer in flight (and, if it was the probe, the probe is back)."""
         self.in_flight -= 1
         if probe:
             self.probing = False
+
+    def tokens_short(self, now: float, cost: int) -> bool:
+        """Whether the tokens believed left (last report less the costs sent since) cannot fit ``cost``."""
+        tokens = self.remaining_tokens
+        if tokens is None or now >= self.budget_expires:
+            return False
+        return tokens - (self.cost_sent - self.tokens_mark) < cost
 
     def probe_hold_s(self) -> float:
         """How long the first request to a backend whose budget is unknown goes alone (see PROBE_HOLD_*)."""
@@ -177,9 +190,12 @@ class BackendState:
         if now >= self.budget_expires:
             fresh = self.remaining_requests is not None and not self.budget_estimated
             return (self.limit_requests if fresh else None), None
+        tokens = self.remaining_tokens
+        if tokens is not None:
+            tokens = max(0, tokens - (self.cost_sent - self.tokens_mark))
         if self.remaining_requests is None:
-            return None, self.remaining_tokens
-        return max(0, self.remaining_requests - (self.sent - self.remaining_seq)), self.remaining_tokens
+            return None, tokens
+        return max(0, self.remaining_requests - (self.sent - self.remaining_seq)), tokens
 
     def breaker(self, now: float) -> BreakerState:
         if self.failures == 0:
