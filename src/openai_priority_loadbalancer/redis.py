@@ -37,8 +37,10 @@ Fail open: socket timeouts are short (50 ms by default), and redis-py retries on
 once (a pooled connection that outlived a Redis restart), never a timeout. On any
 error the store logs one WARNING, answers "nothing shared" at once for a backoff (0.5 s, doubling up
 to 30 s) while the balancer runs on its local state, then lets one call try again; when that works it
-logs one INFO and sharing resumes. A request never fails because of the store, and waits at most one
-timeout for it (a reservation may first wait its turn for a connection, about as long again at most).
+logs one INFO and sharing resumes. After the server refused a call (out of memory with noeviction,
+a read-only replica), reads may work while writes do not: only a call that wrote counts then. A
+request never fails because of the store, and waits at most one timeout for it (a reservation may
+first wait its turn for a connection, about as long again at most).
 
 While Redis is unavailable, ``reserve`` grants every request without counting it: the balancer runs on
 its local state, as it does without a store.
@@ -70,7 +72,7 @@ try:
     from redis.asyncio.retry import Retry as _AsyncRetry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as _ConnectionError
-    from redis.exceptions import NoScriptError
+    from redis.exceptions import NoScriptError, ResponseError
     from redis.retry import Retry as _Retry
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess without redis
     raise ImportError(
@@ -288,11 +290,13 @@ _PROBE: Final = 2  # the one call trying Redis again after a backoff
 class _Script:
     """A Lua script called by its SHA; loaded with EVAL when the server does not know it (a restart)."""
 
-    __slots__ = ("sha", "source")
+    __slots__ = ("sha", "source", "writes")
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, *, writes: bool = True) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        #: Whether a call that returns a true value wrote (and so shows that Redis takes writes).
+        self.writes = writes
 
     def call(self, client: Any, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Any:
         try:
@@ -315,9 +319,9 @@ def _with_constants(source: str) -> str:
     )
 
 
-_LOAD_SCRIPT: Final = _Script(_LOAD)
+_LOAD_SCRIPT: Final = _Script(_LOAD, writes=False)
 _SET_ASIDE_SCRIPT: Final = _Script(_SET_ASIDE)
-_CLEAR_FAILURE_SCRIPT: Final = _Script(_CLEAR_FAILURE)
+_CLEAR_FAILURE_SCRIPT: Final = _Script(_CLEAR_FAILURE, writes=False)  # DEL: allowed out of memory
 _RESERVE_SCRIPT: Final = _Script(_with_constants(_RESERVE))
 _REPORT_SCRIPT: Final = _Script(_with_constants(_REPORT))
 
@@ -340,6 +344,9 @@ class _Health:
         self._clock: Callable[[], float] = clock
         self._lock = threading.Lock()
         self.failing = False
+        # The server answered but refused (out of memory, a read-only replica): reads may still work,
+        # so only a call that wrote shows that it is back.
+        self._refused = False
         self._backoff = backoff_s
         self.retry_at = 0.0
 
@@ -355,19 +362,26 @@ class _Health:
             self.retry_at = now + self._backoff  # the others skip while this probe is out
             return _PROBE
 
-    def ok(self, ticket: Ticket) -> None:
+    def ok(self, ticket: Ticket, wrote: bool = True) -> None:
+        """A call worked; ``wrote``: it wrote (a read that works says nothing of a refused write)."""
         if ticket != _PROBE:
             return
         with self._lock:
             if not self.failing:
                 return
-            self.failing = False
+            if self._refused and not wrote:
+                self.retry_at = self._clock() + self._backoff  # still failing: the next probe then
+                logger.debug("shared state store answers reads store=%s; waiting for a write", self._target)
+                return
+            self.failing = self._refused = False
             self._backoff = self._backoff_s
         logger.info("shared state store reachable again store=%s; sharing resumed", self._target)
 
     def failed(self, ticket: Ticket, exc: BaseException) -> None:
         now = self._clock()
         with self._lock:
+            if ticket == _PROBE or not self.failing:
+                self._refused = isinstance(exc, ResponseError)
             if ticket == _PROBE and self.failing:
                 self._backoff = min(self._backoff * 2.0, self._backoff_max_s)
                 self.retry_at = now + self._backoff
@@ -688,7 +702,7 @@ class RedisStateStore:
         except Exception as exc:
             self._health.failed(ticket, exc)
             return None
-        self._health.ok(ticket)
+        self._health.ok(ticket, wrote=False)
         return result
 
     async def aload(self, keys: Sequence[str]) -> list[SharedState | None]:
@@ -717,7 +731,7 @@ class RedisStateStore:
         except Exception as exc:
             self._health.failed(ticket, exc)
             return None
-        self._health.ok(ticket)
+        self._health.ok(ticket, wrote=False)
         return result
 
     def set_aside(self, key: str, record: SharedState) -> None:
@@ -783,7 +797,8 @@ class RedisStateStore:
                 return _local(len(keys))
         finally:
             self._slots.release()
-        self._health.ok(ticket)
+        # A reservation with reports (applied) or granted as a probe wrote; others may not have.
+        self._health.ok(ticket, wrote=bool(reports) or result.probe)
         return result
 
     async def areserve(
@@ -805,7 +820,7 @@ class RedisStateStore:
                 return _local(len(keys))
         finally:
             state.slots.release()
-        self._health.ok(ticket)
+        self._health.ok(ticket, wrote=bool(reports) or result.probe)
         return result
 
     def report(self, reports: Sequence[BudgetReport]) -> None:
@@ -854,7 +869,7 @@ class RedisStateStore:
         except Exception as exc:
             self._health.failed(ticket, exc)
             return [None] * len(ids)
-        self._health.ok(ticket)
+        self._health.ok(ticket, wrote=False)
         return [_text(v) for v in values]
 
     async def aowners(self, ids: Sequence[str]) -> list[str | None]:
@@ -866,7 +881,7 @@ class RedisStateStore:
         except Exception as exc:
             self._health.failed(ticket, exc)
             return [None] * len(ids)
-        self._health.ok(ticket)
+        self._health.ok(ticket, wrote=False)
         return [_text(v) for v in values]
 
     def set_owners(self, ids: Sequence[str], owner: str, ttl_s: float) -> None:
@@ -912,11 +927,11 @@ class RedisStateStore:
         if ticket == _SKIP:
             return
         try:
-            script.call(self._sync_client(), keys, args)
+            result = script.call(self._sync_client(), keys, args)
         except Exception as exc:
             self._health.failed(ticket, exc)
             return
-        self._health.ok(ticket)
+        self._health.ok(ticket, wrote=script.writes and bool(result))
 
     async def _acall(self, client: Any, script: _Script, key: str, args: Sequence[bytes | int]) -> None:
         await self._arun(client, script, (self._key(key),), args)
@@ -928,11 +943,11 @@ class RedisStateStore:
         if ticket == _SKIP:
             return
         try:
-            await script.acall(client, keys, args)
+            result = await script.acall(client, keys, args)
         except Exception as exc:
             self._health.failed(ticket, exc)
             return
-        self._health.ok(ticket)
+        self._health.ok(ticket, wrote=script.writes and bool(result))
 
     def _claim_write(self, key: str, record: SharedState) -> SharedState | None:
         """``record`` if the caller is to write it now; None if a write of ``key`` is under way, which

@@ -456,3 +456,47 @@ def test_a_wrong_password_is_not_logged(
     assert len(records(log, logging.WARNING)) == 1
     assert "right-Passw0rd-123" not in text
     assert "wrong-Passw0rd-456" not in text
+
+
+# -- out of memory: reads work, writes are refused ---------------------------------------------------
+
+
+def _out_of_memory(client: redis.Redis) -> None:
+    """Leave the server over its maxmemory with noeviction: writes fail with OOM, reads work."""
+    client.config_set("maxmemory-policy", "noeviction")
+    for i in range(2000):
+        client.set(f"filler:{i}", "x" * 1000)
+    client.config_set("maxmemory", str(int(client.info("memory")["used_memory"]) // 2))
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("one-more", "x")
+
+
+def test_out_of_memory_warns_once_until_writes_work_again(
+    redis_server: RedisServer, log: pytest.LogCaptureFixture
+) -> None:
+    """Under noeviction out of memory a read that worked counted as recovery while writes still failed:
+    the WARNING / "reachable again" pair came back every backoff. Now: one WARNING, and one INFO once a
+    write works again."""
+    clock = FakeClock()
+    store = RedisStateStore.from_url(redis_server.url, clock=clock)
+    report = [BudgetReport(KEY_A, 3, 5.0, 10)]
+    with contextlib.closing(redis.Redis(port=redis_server.port)) as client:
+        _out_of_memory(client)
+        for _ in range(6):
+            store.reserve([KEY_A], 0, report, 0.5)  # writes: refused
+            clock.advance(40.0)  # past any backoff
+            assert store.load([KEY_A]) == [None]  # a read: it works
+            clock.advance(40.0)
+        assert len(records(log, logging.WARNING)) == 1
+        assert records(log, logging.INFO, "reachable again") == []
+        client.config_set("maxmemory", "0")
+        clock.advance(40.0)
+        store.load([KEY_A])  # a read says nothing yet
+        assert records(log, logging.INFO, "reachable again") == []
+        clock.advance(40.0)
+        store.report(report)  # a write works: sharing resumes
+        assert len(records(log, logging.INFO, "reachable again")) == 1
+        assert store.reserve([KEY_A], 0, [], 0.5).granted
+        assert client.get(f"oplb:{KEY_A}#budget") == b"2"
+    store.close()
+    assert len(records(log, logging.WARNING)) == 1
