@@ -64,11 +64,14 @@ class Budgets:
         self.pending: dict[int, Pending] = {}
 
     def window_s(self, state: BackendState) -> float:
-        """How long a window of the backend lasts, as far as its answers have shown (the longest reset
-        or wait it named), and never more than ``default_cooldown_s``; before it has shown any, the
-        first guess (too short costs one 429, whose wait then shows more)."""
+        """How long a window of a backend that names no reset lasts: as long as the longest reset or
+        wait it named, if that is longer than the first guess, and never more than
+        ``default_cooldown_s``. (A wait seen is what was left of a window, often less than one: too
+        short a window costs a 429, whose wait then shows more.)"""
         window = state.window_s
-        return min(_FIRST_WINDOW_GUESS_S if window is None else window, self._default_cooldown_s)
+        if window is None or window < _FIRST_WINDOW_GUESS_S:
+            window = _FIRST_WINDOW_GUESS_S
+        return min(window, self._default_cooldown_s)
 
     def report(
         self, state: BackendState, headers: Any, info: RateLimitInfo | None, admitted: float, remaining: int

@@ -223,6 +223,35 @@ def test_a_window_longer_than_guessed_costs_one_429_per_window(clock: FakeClock,
     assert backend.throttled <= 4
 
 
+def test_what_is_left_of_a_wait_is_not_a_window(store: MemoryStateStore, clock: FakeClock) -> None:
+    """Another balancer's 429 shows here as what is left of its wait (0.3 s): not a window. A counter
+    the backend named no reset for still lives a whole window (1 s, the first guess)."""
+    from openai_priority_loadbalancer import shared_key
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a.example":
+            return httpx.Response(200, headers={"x-ratelimit-remaining-requests": "0"})
+        return httpx.Response(200)
+
+    lb = LoadBalancer(
+        [Backend("a.example", 1), Backend("b.example", 2)],
+        transport=httpx.MockTransport(handler),
+        clock=clock,
+        state=store,
+        max_wait_s=0,
+    )
+    keys = [shared_key(b) for b in lb.backends]
+    store.set_aside(keys[0], SharedState(0.3, "throttled", 0))
+    request = httpx.Request("POST", CALLER_URL, content=b"{}")
+    assert lb.handle_request(request).status_code == 200  # b: a is set aside
+    clock.advance(0.3)
+    assert lb.handle_request(request).status_code == 200  # a, the window's probe: spent
+    clock.advance(0.5)
+    refused = store.reserve(keys, 0, [], 10.0)
+    assert not refused.granted
+    assert refused.wait_s == pytest.approx(0.5)
+
+
 def test_an_estimated_reset_never_moves_a_counters_end(store: MemoryStateStore, clock: FakeClock) -> None:
     """Estimates (the backend named no reset) lower a live counter but leave its end where the
     window's probe put it."""
