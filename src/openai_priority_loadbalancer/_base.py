@@ -698,6 +698,9 @@ class BaseLoadBalancer:
                 cooldown = info.cooldown_s if info.cooldown_s is not None else self._default_cooldown_s
                 cooldown = max(cooldown, self._throttle_backoff(state, started, now))
                 self._set_aside(state, now, cooldown, "throttled", status)
+                # While set aside: what it said of its budget; a 429 that says nothing has none left.
+                left = 0 if info.remaining_requests is None else info.remaining_requests
+                state.reported = (left, info.remaining_tokens)
                 # When the cooldown ends, so has the window: expect its full budget where the backend
                 # told its limit, else let one request find out before the others follow.
                 state.limit_requests = int_header(headers, LIMIT_REQUESTS, state.limit_requests)
@@ -827,6 +830,7 @@ class BaseLoadBalancer:
         """Open the breaker: set the backend aside with exponential backoff (caller holds the lock)."""
         state.failed += 1
         state.failures += 1
+        state.reported = None
         backoff = min(self._backoff_s * 2.0 ** min(state.failures - 1, 62), self._backoff_max_s)
         cooldown = max(backoff, retry_after)
         self._set_aside(state, now, cooldown, "failed", what)

@@ -157,6 +157,7 @@ class Budgets:
             state.budget_expires = now + reset
             if state.budget_exhausted(now) or short:
                 self._set_aside(state, now, reset, "exhausted", None)
+                state.reported = (remaining_requests, remaining_tokens)
                 state.refill(state.cooling_until + self._default_cooldown_s)
                 return reset, remaining_requests, remaining_tokens
             return None

@@ -54,6 +54,7 @@ class BackendState:
         "remaining_seq",
         "remaining_tokens",
         "report_seq",
+        "reported",
         "requests",
         "sent",
         "slow",
@@ -125,6 +126,9 @@ class BackendState:
         #: report kept was taken: the believed remaining tokens are the report less the difference.
         self.cost_sent = 0
         self.tokens_mark = 0
+        #: The remaining requests and tokens the answer that set the backend aside reported (a 429, a
+        #: spent budget): what stats show while it is set aside, rather than the next window's budget.
+        self.reported: tuple[int | None, int | None] | None = None
 
     def end_attempt(self, probe: bool) -> None:
         """One attempt is no longer in flight (and, if it was the probe, the probe is back)."""

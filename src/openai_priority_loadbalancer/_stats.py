@@ -142,6 +142,8 @@ def _optional(value: float | None, fmt: str) -> str:
 def snapshot(s: BackendState, now: float) -> BackendStats:
     latencies = sorted(s.latencies)
     remaining_requests, remaining_tokens = s.believed_budget(now)
+    if s.reported is not None and now < s.cooling_until:  # set aside: what it last said, not what comes next
+        remaining_requests, remaining_tokens = s.reported
     cooling = s.cooling_until > now
     if cooling and s.cooling_reason != "failed" and remaining_requests is not None:
         # Set aside for its budget (a 429, or a window reported spent): what the balancer holds is

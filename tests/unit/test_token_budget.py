@@ -92,3 +92,34 @@ def test_unknown_tokens_leave_the_backend_usable(
     with lib.Client(transport=make_lb([Backend(A, 1), Backend(B, 2)])) as client:
         assert post(client, json=_chat(100_000)).json() == {"host": A}
         assert post(client, json=_chat(100_000)).json() == {"host": A}
+
+
+def test_stats_show_what_a_set_aside_backend_last_reported(
+    make_lb: MakeLb, router: Any, lib: Any, clock: Any
+) -> None:
+    throttled = {
+        "retry-after": "2",
+        "x-ratelimit-limit-requests": "5",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-remaining-tokens": "120",
+    }
+    router.script(A, (429, throttled))
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    with lib.Client(transport=lb) as client:
+        assert post(client).json() == {"host": B}
+        a = lb.stats()[0]
+        assert (a.cooling_down_for_s, a.remaining_requests, a.remaining_tokens) == (2, 0, 120)
+        clock.advance(2)
+        assert lb.stats()[0].remaining_requests == 5  # its window over: the next one's budget
+
+
+def test_stats_show_the_spent_report_while_set_aside_until_its_reset(
+    make_lb: MakeLb, router: Any, lib: Any, clock: Any
+) -> None:
+    spent = {"x-ratelimit-limit-requests": "5", "x-ratelimit-remaining-requests": "0"}
+    router.script(A, (200, {**spent, "x-ratelimit-reset-requests": "3s"}))
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    with lib.Client(transport=lb) as client:
+        assert post(client).json() == {"host": A}
+        a = lb.stats()[0]
+        assert (a.cooling_down_for_s, a.remaining_requests) == (3, 0)
