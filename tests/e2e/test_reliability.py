@@ -93,7 +93,7 @@ async def test_retry_after_0_does_not_spin_on_the_backend(make_api: MakeApi) -> 
         assert len(completions) == 6
         assert stats.served == 6
         assert stats.throttled <= 30, stats.throttled
-        assert elapsed < 3.0
+        assert elapsed < 5.0  # loosely: about two windows, on a loaded machine
 
 
 # -- a cold start with long completions -----------------------------------------------------------
@@ -112,9 +112,14 @@ async def test_a_cold_start_of_long_completions_serves_them_side_by_side(make_ap
         elapsed = time.monotonic() - start
 
         assert len(completions) == 10
-        assert sim.stats("a").served == 10
-        assert sim.stats("a").throttled == 0
-        assert elapsed < 1.5 * COMPLETION_S, elapsed
+        stats = sim.stats("a")
+        assert (stats.served, stats.throttled) == (10, 0)
+        # Side by side: all of them reached the backend within the first one's hold (not one after
+        # the other, a completion apart); the wall time is about one completion (loosely: a loaded
+        # machine).
+        arrivals = [r.arrival for r in stats.records]
+        assert max(arrivals) - min(arrivals) < COMPLETION_S / 2, arrivals
+        assert elapsed < 3 * COMPLETION_S, elapsed
 
 
 async def test_workers_sharing_a_store_start_cold_side_by_side(make_api: MakeApi) -> None:
@@ -129,5 +134,8 @@ async def test_workers_sharing_a_store_start_cold_side_by_side(make_api: MakeApi
         elapsed = time.monotonic() - start
 
         assert [len(s) for s in served] == [5, 5]
-        assert sim.stats("a").served == 10
-        assert elapsed < 1.5 * COMPLETION_S, elapsed
+        stats = sim.stats("a")
+        assert stats.served == 10
+        arrivals = [r.arrival for r in stats.records]
+        assert max(arrivals) - min(arrivals) < COMPLETION_S / 2, arrivals
+        assert elapsed < 3 * COMPLETION_S, elapsed
