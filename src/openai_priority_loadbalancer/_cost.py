@@ -34,15 +34,16 @@ def max_output_tokens(body: bytes) -> int | None:
     """The body's ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens``, or None.
 
     A key whose value is not a plain positive integer (``null``, an object: a tool's parameter
-    schema may be named so) is passed over, and the scan goes on to the next occurrence.
+    schema may be named so) is passed over, and the scan goes on to the previous occurrence.
     """
     for key in _OUTPUT_KEYS:
-        start = body.find(key)
+        # From the end: the SDK writes the options after the messages, and rfind scans faster.
+        start = body.rfind(key)
         while start != -1:
             value = _integer_after(body, start + len(key))
             if value is not None:
                 return value
-            start = body.find(key, start + len(key))
+            start = body.rfind(key, 0, start)
     return None
 
 
