@@ -724,6 +724,7 @@ class BaseLoadBalancer:
                 if status < 400:
                     state.successes += 1
                     state.throttle_streak = 0
+                    state.add_success(now - started)
                 elif status < 500:
                     state.rejected += 1
                 requests_name, requests_left = header(headers, REMAINING_REQUESTS)

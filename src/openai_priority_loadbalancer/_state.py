@@ -21,11 +21,15 @@ BreakerState = Literal["closed", "open", "half-open"]
 LATENCY_WINDOW = 64
 #: While a backend's budget is unknown its first request goes alone, for about one round trip: a 429
 #: comes back in milliseconds, so a request unanswered past that was admitted, and the others follow.
-#: The round trip is PROBE_HOLD_FACTOR times the backend's fastest recent answer, within
-#: [PROBE_HOLD_MIN_S, PROBE_HOLD_MAX_S] (the longest while nothing is known of it).
+#: The round trip is PROBE_HOLD_FACTOR times the backend's fastest recent success, within
+#: [PROBE_HOLD_MIN_S, PROBE_HOLD_MAX_S] (the longest while it has served nothing). Successes only: a
+#: 429 comes back sooner than any success, and a hold that short lets the others go before the
+#: probe's own answer (and the budget it reports) is back, into 429s of their own.
+#: FASTEST_SUCCESS_DECAY lets the fastest success "forget": it may grow by that factor per success.
 PROBE_HOLD_FACTOR = 4.0
 PROBE_HOLD_MIN_S = 0.05
 PROBE_HOLD_MAX_S = 0.5
+FASTEST_SUCCESS_DECAY = 1.25
 
 
 class BackendState:
@@ -40,6 +44,7 @@ class BackendState:
         "cost_sent",
         "failed",
         "failures",
+        "fastest_success_s",
         "in_flight",
         "index",
         "latencies",
@@ -122,6 +127,8 @@ class BackendState:
         #: The last LATENCY_WINDOW latencies (seconds), a ring: a flat array of doubles, no objects.
         self.latencies = array("d")
         self.latency_count = 0
+        #: About the fastest recent success (seconds; None before the first): see PROBE_HOLD_FACTOR.
+        self.fastest_success_s: float | None = None
         #: Tokens the attempts sent so far were estimated to cost, and that sum when the tokens
         #: report kept was taken: the believed remaining tokens are the report less the difference.
         self.cost_sent = 0
@@ -145,9 +152,15 @@ class BackendState:
 
     def probe_hold_s(self) -> float:
         """How long the first request to a backend whose budget is unknown goes alone (see PROBE_HOLD_*)."""
-        if not self.latencies:
+        fastest = self.fastest_success_s
+        if fastest is None:
             return PROBE_HOLD_MAX_S
-        return min(max(PROBE_HOLD_FACTOR * min(self.latencies), PROBE_HOLD_MIN_S), PROBE_HOLD_MAX_S)
+        return min(max(PROBE_HOLD_FACTOR * fastest, PROBE_HOLD_MIN_S), PROBE_HOLD_MAX_S)
+
+    def add_success(self, seconds: float) -> None:
+        """A success took ``seconds``: the fastest recent success, forgetting slowly (see above)."""
+        fastest = self.fastest_success_s
+        self.fastest_success_s = seconds if fastest is None else min(seconds, fastest * FASTEST_SUCCESS_DECAY)
 
     def held_by_probe(self, now: float) -> bool:
         """Whether the backend's budget is unknown and its probe has been out less than its hold."""
