@@ -660,21 +660,22 @@ def test_package_path_imports_without_httpx():
     assert result.returncode == 0, result.stderr
 
 
-def test_throughput_on_one_keep_alive_connection():
+def test_one_keep_alive_connection_serves_a_thousand_requests():
+    # How fast it serves them is the benchmarks' business (about 6,000/s on an idle 2-core machine):
+    # a timed bound here failed whenever the machine was busy.
     with Simulator([InstanceConfig("eastus", requests_per_window=1_000_000)]) as sim:
         connection = http.client.HTTPConnection("127.0.0.1", sim.instance("eastus").port, timeout=5)
         body = json.dumps({"messages": MESSAGES}).encode()
         count = 1000
         try:
-            started = time.perf_counter()
             for _ in range(count):
                 connection.request("POST", CHAT, body=body, headers={"content-type": "application/json"})
-                connection.getresponse().read()
-            rate = count / (time.perf_counter() - started)
+                response = connection.getresponse()
+                response.read()
+                assert response.status == 200
         finally:
             connection.close()
         assert sim.stats("eastus").served == count
-    assert rate > 750, f"{rate:.0f} requests/s"  # about 6,000/s on an idle 2-core machine
 
 
 # -- command line -------------------------------------------------------------------------------
