@@ -18,7 +18,7 @@ from _unit_support import LIBS, WALL_NOW, FakeClock
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer, _transports
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 #: Where the monotonic fake clock starts: not 0, so that float arithmetic is as in production.
 MONOTONIC_START = 1000.0
@@ -169,6 +169,22 @@ def make_lb(router: Router, clock: FakeClock, wall: FakeClock) -> Callable[..., 
         return cls(backends, **options)
 
     return make
+
+
+@pytest.fixture
+def client_for(lib: Any) -> Iterator[Callable[[LoadBalancer], Any]]:
+    """A client of the test's HTTP library over a balancer; closed at the end of the test.
+    (test_balancer_async.py has its async twin under the same name.)"""
+    clients: list[Any] = []
+
+    def make(lb: LoadBalancer) -> Any:
+        client = lib.Client(transport=lb)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture

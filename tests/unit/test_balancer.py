@@ -42,20 +42,6 @@ if TYPE_CHECKING:
 post = functools.partial(_unit_support.post, api_key="caller-key")
 
 
-@pytest.fixture
-def client_for(lib: Any) -> Iterator[Callable[[LoadBalancer], Any]]:
-    clients: list[Any] = []
-
-    def make(lb: LoadBalancer) -> Any:
-        client = lib.Client(transport=lb)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
-
-
 def run_in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     """Run ``target`` in a daemon thread; its result (or exception) lands in the returned list."""
     result: list[Any] = []

@@ -13,20 +13,6 @@ from openai_priority_loadbalancer import Backend
 HUGE = "1" + "0" * 400  # well-formed, beyond a double's range
 
 
-@pytest.fixture
-def client_for(lib: Any) -> Any:
-    clients: list[Any] = []
-
-    def make(lb: Any) -> Any:
-        client = lib.Client(transport=lb)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
-
-
 def _is_set_aside_for(client: Any, clock: Any, seconds: float) -> None:
     """A is passed over until exactly ``seconds`` after the start, then used again."""
     clock.set(clock.start + seconds - 0.001)

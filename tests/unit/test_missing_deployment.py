@@ -14,20 +14,6 @@ CHAT = "https://caller.example/openai/deployments/{}/chat/completions?api-versio
 NOT_FOUND = (404, {"content-type": "application/json"})
 
 
-@pytest.fixture
-def client_for(lib: Any) -> Any:
-    clients: list[Any] = []
-
-    def make(lb: Any) -> Any:
-        client = lib.Client(transport=lb)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
-
-
 def lacking(router: Any, host: str, deployment: str) -> None:
     """``host`` answers 404 for ``deployment`` (in the path or a v1 body's model), 200 otherwise."""
 

@@ -346,14 +346,8 @@ class InstanceRuntime:
         if config.api_key is not None and not _authorized(request, config.api_key):
             self._reject(connection, request, arrival, 401, _error_body(401))
             return None
-        try:
-            body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict):
-            self._reject(
-                connection, request, arrival, 400, _invalid("The request body must be a JSON object.")
-            )
+        body = self._json_object(connection, request, arrival)
+        if body is None:
             return None
         model = deployment or body.get("model")
         if not isinstance(model, str) or not model:
