@@ -87,7 +87,7 @@ class StateStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BudgetReport:
-    """What a backend's answer said of its request budget, for a :class:`BudgetStore`."""
+    """What a backend's answer said of its request and token budgets, for a :class:`BudgetStore`."""
 
     key: str
     remaining: int | None
@@ -98,6 +98,9 @@ class BudgetReport:
     """``x-ratelimit-limit-requests``: what a fresh window holds, if said."""
     estimated: bool = False
     """True when the backend named no reset and ``reset_s`` is the balancer's estimate of it."""
+    remaining_tokens: int | None = None
+    """``x-ratelimit-remaining-tokens`` as the balancer believes it (net of what it had in flight), or
+    None: the answer said nothing of tokens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,14 +144,35 @@ class BudgetStore(StateStore, Protocol):
     window's probe (or of an unmetered mark), and is dropped when there is no counter (it may speak
     of a window that has ended). So the window ends when the answer of its probe said it would, and
     then the next request of the whole fleet probes again.
+
+    Tokens: beside the request counter, each backend may have a counter of the tokens left, with its
+    own expiry. A reservation's ``cost`` is the request's estimated tokens: with a live token counter
+    holding fewer, it is refused (``wait_s``: until that counter expires, never 0) and takes nothing;
+    granted (by the rules above), it lowers the token counter by ``cost``. A report's
+    ``remaining_tokens`` lowers a live token counter to it (never ending it sooner, and an estimated
+    report never moving its end), or starts one that lives ``reset_s`` (estimated or not: tokens have
+    no probe). A report whose ``reset_s`` is 0 forgets it, as does one saying no budget at all (neither
+    requests nor tokens); a report saying nothing of tokens leaves it as it is. No token counter, or
+    ``cost`` 0: the request rules alone decide. The limit and window are of requests only: a token
+    counter that expired is started again by the next report that speaks of tokens.
     """
 
     def reserve(
-        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+        self,
+        keys: Sequence[str],
+        index: int,
+        reports: Sequence[BudgetReport],
+        probe_ttl_s: float,
+        cost: int = 0,
     ) -> Reservation: ...
 
     async def areserve(
-        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+        self,
+        keys: Sequence[str],
+        index: int,
+        reports: Sequence[BudgetReport],
+        probe_ttl_s: float,
+        cost: int = 0,
     ) -> Reservation: ...
 
     def report(self, reports: Sequence[BudgetReport]) -> None: ...
@@ -221,6 +245,8 @@ class MemoryStateStore:
         self._limits: dict[str, tuple[int, float]] = {}
         # Per key whose counter is _PROBE: until when the probe holds the others back.
         self._holds: dict[str, float] = {}
+        # Per key: (expires at, tokens left).
+        self._tokens: dict[str, tuple[float, int]] = {}
         # Stored object id -> (expires at, the backend's key), oldest first.
         self._owners: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
@@ -307,7 +333,12 @@ class MemoryStateStore:
     # ------------------------------------------------------------------ budgets
 
     def reserve(
-        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+        self,
+        keys: Sequence[str],
+        index: int,
+        reports: Sequence[BudgetReport],
+        probe_ttl_s: float,
+        cost: int = 0,
     ) -> Reservation:
         now = self._clock()
         with self._lock:
@@ -317,34 +348,53 @@ class MemoryStateStore:
             if record is not None:
                 return Reservation(False, False, record.cooling_s, records)
             key = keys[index]
-            entry = self._budgets.get(key)
-            if entry is not None and entry[0] <= now:
-                entry = None
-            if entry is None:
-                limit = self._limits.get(key)
-                if limit is not None and limit[1] > 0:
-                    self._budgets[key] = (now + limit[1], limit[0] - 1)
-                    return Reservation(True, False, 0.0, records)
-                self._budgets[key] = (now + max(probe_ttl_s, PROBE_TTL_S), _PROBE)
-                self._holds[key] = now + probe_ttl_s
-                return Reservation(True, True, 0.0, records)
-            expires, left = entry
-            if left == _PROBE:
-                # Held back while the probe may still come back a 429; after that, it was admitted.
-                granted = now >= self._holds.get(key, expires)
-                return Reservation(granted, False, 0.0, records)
-            if left == _UNMETERED:
+            tokens = self._tokens.get(key) if cost > 0 else None
+            if tokens is not None and tokens[0] <= now:
+                tokens = None
+            if tokens is not None and tokens[1] < cost:
+                return Reservation(False, False, tokens[0] - now, records)
+            result = self._take(key, now, probe_ttl_s, records)
+            if result.granted and tokens is not None:
+                self._tokens[key] = (tokens[0], tokens[1] - cost)
+            return result
+
+    def _take(
+        self, key: str, now: float, probe_ttl_s: float, records: list[SharedState | None]
+    ) -> Reservation:
+        """One request from ``key``'s request counter, by the request rules alone."""
+        entry = self._budgets.get(key)
+        if entry is not None and entry[0] <= now:
+            entry = None
+        if entry is None:
+            limit = self._limits.get(key)
+            if limit is not None and limit[1] > 0:
+                self._budgets[key] = (now + limit[1], limit[0] - 1)
                 return Reservation(True, False, 0.0, records)
-            assert isinstance(left, int)
-            if left <= 0:
-                return Reservation(False, False, expires - now, records)
-            self._budgets[key] = (expires, left - 1)
+            self._budgets[key] = (now + max(probe_ttl_s, PROBE_TTL_S), _PROBE)
+            self._holds[key] = now + probe_ttl_s
+            return Reservation(True, True, 0.0, records)
+        expires, left = entry
+        if left == _PROBE:
+            # Held back while the probe may still come back a 429; after that, it was admitted.
+            granted = now >= self._holds.get(key, expires)
+            return Reservation(granted, False, 0.0, records)
+        if left == _UNMETERED:
             return Reservation(True, False, 0.0, records)
+        assert isinstance(left, int)
+        if left <= 0:
+            return Reservation(False, False, expires - now, records)
+        self._budgets[key] = (expires, left - 1)
+        return Reservation(True, False, 0.0, records)
 
     async def areserve(
-        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+        self,
+        keys: Sequence[str],
+        index: int,
+        reports: Sequence[BudgetReport],
+        probe_ttl_s: float,
+        cost: int = 0,
     ) -> Reservation:
-        return self.reserve(keys, index, reports, probe_ttl_s)
+        return self.reserve(keys, index, reports, probe_ttl_s, cost)
 
     def report(self, reports: Sequence[BudgetReport]) -> None:
         with self._lock:
@@ -355,6 +405,7 @@ class MemoryStateStore:
 
     def _apply(self, reports: Sequence[BudgetReport], now: float) -> None:
         for r in reports:
+            self._apply_tokens(r, now)
             if r.limit is not None:
                 seen = self._limits.get(r.key, (0, 0.0))[1]
                 self._limits[r.key] = (r.limit, seen if r.estimated else max(window_of(r.reset_s), seen))
@@ -376,3 +427,17 @@ class MemoryStateStore:
             elif entry is None and r.estimated:
                 continue  # no window under way: this one may have ended; the next request probes
             self._budgets[r.key] = (expires, left)
+
+    def _apply_tokens(self, r: BudgetReport, now: float) -> None:
+        """``r``'s word on the token counter: the request counter's rules, but with no probe (a report
+        starts a counter even when its reset is estimated) and no limit."""
+        if r.reset_s <= 0 or (r.remaining is None and r.remaining_tokens is None):
+            self._tokens.pop(r.key, None)
+            return
+        if r.remaining_tokens is None:
+            return
+        left, expires = r.remaining_tokens, now + r.reset_s
+        entry = self._tokens.get(r.key)
+        if entry is not None and entry[0] > now:
+            left, expires = min(left, entry[1]), (entry[0] if r.estimated else max(expires, entry[0]))
+        self._tokens[r.key] = (expires, left)

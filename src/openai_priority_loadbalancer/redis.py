@@ -22,16 +22,20 @@ the cooldown: a record disappears by itself when the backend may take requests a
 * ``clear_failure`` deletes the record only if its reason is ``failed`` (one script, atomic).
 
 It is a :class:`~openai_priority_loadbalancer.BudgetStore` too: balancers sharing it send a backend no
-more requests per window than the window holds. Next to each record key, ``<key>#budget`` holds the
-requests left in the backend's current window (or ``probe``, or ``unmetered``) and expires with the
-window; ``<key>#limit`` holds the backend's limit and the longest window seen (kept for a day after
-the last report of them). A backend's key never holds ``#``, so these never name another backend.
+more requests (or tokens) per window than the window holds. Next to each record key, ``<key>#budget``
+holds the requests left in the backend's current window (or ``probe``, or ``unmetered``) and expires
+with the window; ``<key>#limit`` holds the backend's limit and the longest window seen (kept for a
+day after the last report of them); ``<key>#tokens`` holds the tokens left (the backend's
+``x-ratelimit-remaining-tokens``, less the costs reserved since) and expires when the report that
+started it said. A backend's key never holds ``#``, so these never name another backend.
 
 * ``reserve`` is one ``EVALSHA``: it applies the budget reports riding along, reads every record (so a
   balancer sharing budgets makes no ``load``) and takes one request from the chosen backend's counter,
-  all atomically: balancers racing for the last requests of a window never get more than it holds.
+  and the request's estimated tokens (``cost``) from its token counter, all atomically: balancers
+  racing for the last requests (or tokens) of a window never get more than it holds. A request whose
+  cost the token counter cannot fit is refused until that counter expires, and takes nothing.
 * ``report`` is one ``EVALSHA`` applying reports: a counter is set to what the backend said, a live
-  one only ever lowered.
+  one only ever lowered; the token counter alike.
 
 Fail open: socket timeouts are short (50 ms by default), and redis-py retries only a connection error,
 once (a pooled connection that outlived a Redis restart), never a timeout. On any
@@ -105,6 +109,9 @@ _DEFAULT_WAIT_S: Final = 1.0
 _MAX_CALLS: Final = 8
 # How long a backend's limit and longest window are kept after the last report of them.
 _LIMIT_TTL_MS: Final = 86_400_000
+# The largest token count or cost passed to the scripts: exact in Lua's doubles, and far inside the
+# 64-bit integers DECRBY takes (a larger count, from a malformed header, would make the script fail).
+_MAX_COUNT: Final = 2**53
 
 # KEYS: the backends' keys. Returns the server's TIME (seconds, microseconds), then each key's value
 # (nil where none). MGET answers nil for a key of another type instead of failing the whole call.
@@ -144,22 +151,43 @@ return 0
 # Budgets. Per backend, next to its record: ``<record key>#budget`` holds the requests left in the
 # current window (an integer), ``probe <µs>`` (one request is finding the budget out, holding
 # the others back until then) or ``unmetered``, and
-# expires with the window; ``<record key>#limit`` holds "<limit> <longest window seen, in µs>". A
+# expires with the window; ``<record key>#limit`` holds "<limit> <longest window seen, in µs>";
+# ``<record key>#tokens`` holds the tokens left (an integer) and expires when the backend said. A
 # backend's key never holds "#" (Backend refuses it in a path), so these never name another backend.
 #
-# _APPLY: applies ``count`` reports; report i has its budget and limit keys at KEYS[kb + 2i] and
-# KEYS[kb + 2i + 1], and remaining ('-': unmetered), reset (µs; negative: an estimate of -reset, the
-# backend named none) and limit ('-': not said) at ARGV[ab + 3i..]. A report sets the counter to what the
-# backend said, lowering a live counter only and never ending its window sooner; reset 0 forgets it. An
-# estimate never moves a counter's end, starts a counter only in place of the probe (or of 'unmetered')
-# and says nothing of the window's length. The longest window is kept rounded up to a tenth of a second.
+# _APPLY: applies ``count`` reports; report i has its budget, limit and token keys at KEYS[kb + 3i],
+# KEYS[kb + 3i + 1] and KEYS[kb + 3i + 2], and remaining ('-': unmetered), reset (µs; negative: an
+# estimate of -reset, the backend named none), limit ('-': not said) and remaining tokens ('-': not said)
+# at ARGV[ab + 4i..]. A report sets the counter to what the backend said, lowering a live counter only
+# and never ending its window sooner; reset 0 forgets it. An estimate never moves a counter's end, starts
+# a counter only in place of the probe (or of 'unmetered') and says nothing of the window's length. The
+# longest window is kept rounded up to a tenth of a second. The token counter follows the same rules,
+# except that any report of tokens starts one (there is no token probe); a report of neither requests
+# nor tokens forgets it, one of requests only leaves it alone.
 _APPLY: Final = """
 local function apply(kb, ab, count)
   for i = 0, count - 1 do
-    local budget, limitkey = KEYS[kb + 2 * i], KEYS[kb + 2 * i + 1]
-    local remaining, reset, limit = ARGV[ab + 3 * i], tonumber(ARGV[ab + 3 * i + 1]), ARGV[ab + 3 * i + 2]
+    local budget, limitkey, tokenkey = KEYS[kb + 3 * i], KEYS[kb + 3 * i + 1], KEYS[kb + 3 * i + 2]
+    local a = ab + 4 * i
+    local remaining, reset, limit, tokens = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3]
     local estimated = reset < 0
     if estimated then reset = -reset end
+    if reset <= 0 or (remaining == '-' and tokens == '-') then
+      redis.call('DEL', tokenkey)
+    elseif tokens ~= '-' then
+      local left, px = tonumber(tokens), math.ceil(reset / 1000)
+      local kept = tonumber(redis.call('GET', tokenkey))
+      if kept and estimated then
+        if left < kept then redis.call('DECRBY', tokenkey, kept - left) end
+      else
+        if kept then
+          if kept < left then left = kept end
+          local ttl = redis.call('PTTL', tokenkey)
+          if ttl > px then px = ttl end
+        end
+        redis.call('SET', tokenkey, string.format('%.0f', left), 'PX', px)
+      end
+    end
     if limit ~= '-' then
       local window = math.ceil(reset / 100000 - 0.000001) * 100000  -- window_of(): up to a tenth of a second
       if estimated then window = 0 end
@@ -196,10 +224,12 @@ local function apply(kb, ab, count)
 end
 """
 
-# KEYS: the n backends' record keys, the chosen backend's budget and limit keys, then two keys per report.
-# ARGV: n, the chosen index (1-based), the probe's hold (ms: how long it holds the others back), then
-# three values per report.
-# Applies the reports, reads every record and takes one request from the chosen backend's counter.
+# KEYS: the n backends' record keys, the chosen backend's budget, limit and token keys, then three keys
+# per report. ARGV: n, the chosen index (1-based), the probe's hold (ms: how long it holds the others
+# back), the request's cost in tokens, then four values per report.
+# Applies the reports, reads every record and takes one request from the chosen backend's counter. With
+# a cost and a live token counter: refused (until that counter expires) when it holds less than the
+# cost, else lowered by it when the request is granted. A refusal takes nothing.
 # Returns the server's TIME (seconds, microseconds), the verdict (0 refused, 1 granted, 2 granted as the
 # window's probe), the wait when refused (µs), then each record (nil where none).
 _RESERVE: Final = (
@@ -209,7 +239,7 @@ _RESERVE: Final = (
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n, index = tonumber(ARGV[1]), tonumber(ARGV[2])
-apply(n + 3, 4, (#ARGV - 3) / 3)
+apply(n + 4, 5, (#ARGV - 4) / 4)
 local out = {t[1], t[2], 0, 0}
 local values = redis.call('MGET', unpack(KEYS, 1, n))
 for i = 1, n do out[i + 4] = values[i] end
@@ -224,21 +254,31 @@ if record then
     end
   end
 end
+local tokenkey, cost, have = KEYS[n + 3], tonumber(ARGV[4]), nil
+if cost > 0 then
+  have = tonumber(redis.call('GET', tokenkey))
+  if have and have < cost then
+    out[4] = math.max(redis.call('PTTL', tokenkey), 1) * 1000  -- never 0: that means a probe is out
+    return out
+  end
+end
+local function grant(verdict)
+  out[3] = verdict
+  if have then redis.call('DECRBY', tokenkey, ARGV[4]) end
+  return out
+end
 local budget = KEYS[n + 1]
 local left = redis.call('GET', budget)
 if left then
   -- 'probe <µs>': the window's probe, holding the others back until then, and admitted after that.
   local hold = string.match(left, '^probe (%d+)$')
   if hold then
-    if now >= tonumber(hold) then out[3] = 1 end
+    if now >= tonumber(hold) then return grant(1) end
     return out
   end
   if left == 'probe' then return out end
 end
-if left == 'unmetered' then
-  out[3] = 1
-  return out
-end
+if left == 'unmetered' then return grant(1) end
 local count = tonumber(left)
 if count then
   if count <= 0 then
@@ -246,8 +286,7 @@ if count then
     return out
   end
   redis.call('DECR', budget)
-  out[3] = 1
-  return out
+  return grant(1)
 end
 local known = redis.call('GET', KEYS[n + 2])
 if known then
@@ -255,23 +294,21 @@ if known then
   window = tonumber(window)
   if limit and window > 0 then
     redis.call('SET', budget, string.format('%.0f', tonumber(limit) - 1), 'PX', math.ceil(window / 1000))
-    out[3] = 1
-    return out
+    return grant(1)
   end
 end
 redis.call('SET', budget, 'probe ' .. string.format('%.0f', now + tonumber(ARGV[3]) * 1000), 'PX',
   math.max(tonumber(ARGV[3]), PROBE_TTL_MS))
-out[3] = 2
-return out
+return grant(2)
 """
 )
 
-# KEYS, ARGV: two keys and three values per report, as _APPLY takes them. Returns the number applied.
+# KEYS, ARGV: three keys and four values per report, as _APPLY takes them. Returns the number applied.
 _REPORT: Final = (
     _APPLY
     + """
-apply(1, 1, #ARGV / 3)
-return #ARGV / 3
+apply(1, 1, #ARGV / 4)
+return #ARGV / 4
 """
 )
 
@@ -529,7 +566,7 @@ class RedisStateStore:
         self._prefix = prefix
         self._prefix_bytes = prefix.encode()
         self._key_cache: dict[str, bytes] = {}
-        self._budget_key_cache: dict[str, tuple[bytes, bytes]] = {}
+        self._budget_key_cache: dict[str, tuple[bytes, bytes, bytes]] = {}
         self._slots = threading.BoundedSemaphore(_MAX_CALLS)  # budget calls under way (sync)
         self._lock = threading.Lock()  # guards the clients, the flights and the write slots
         self._flights: dict[tuple[str, ...], _Flight] = {}
@@ -774,15 +811,20 @@ class RedisStateStore:
     # ------------------------------------------------------------------ the BudgetStore protocol
 
     def reserve(
-        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+        self,
+        keys: Sequence[str],
+        index: int,
+        reports: Sequence[BudgetReport],
+        probe_ttl_s: float,
+        cost: int = 0,
     ) -> Reservation:
-        """Apply ``reports``, read every key's record and take one request from ``keys[index]``'s
-        budget: one ``EVALSHA``, atomic on the server.
+        """Apply ``reports``, read every key's record and take one request, and ``cost`` tokens, from
+        ``keys[index]``'s budget: one ``EVALSHA``, atomic on the server.
 
         While Redis is unavailable (or every slot stays busy for as long as a call may take), the
         answer is granted, counted nowhere and records nothing: the balancer goes on its local state.
         """
-        call = _reserve_call(self, keys, index, reports, probe_ttl_s)
+        call = _reserve_call(self, keys, index, reports, probe_ttl_s, cost)
         if not self._slots.acquire(timeout=self._wait_s):
             return _local(len(keys))
         try:
@@ -802,9 +844,14 @@ class RedisStateStore:
         return result
 
     async def areserve(
-        self, keys: Sequence[str], index: int, reports: Sequence[BudgetReport], probe_ttl_s: float
+        self,
+        keys: Sequence[str],
+        index: int,
+        reports: Sequence[BudgetReport],
+        probe_ttl_s: float,
+        cost: int = 0,
     ) -> Reservation:
-        call = _reserve_call(self, keys, index, reports, probe_ttl_s)
+        call = _reserve_call(self, keys, index, reports, probe_ttl_s, cost)
         state = self._loop_state()
         if not await self._acquire(state.slots):
             return _local(len(keys))
@@ -999,15 +1046,16 @@ class RedisStateStore:
     def _keys(self, keys: Sequence[str]) -> list[bytes]:
         return [self._key(k) for k in keys]
 
-    def _budget_keys(self, key: str) -> tuple[bytes, bytes]:
-        """The keys of ``key``'s budget counter and of its limit (next to its record, in its slot)."""
-        pair = self._budget_key_cache.get(key)
-        if pair is None:
+    def _budget_keys(self, key: str) -> tuple[bytes, bytes, bytes]:
+        """The keys of ``key``'s budget counter, its limit and its token counter (next to its record,
+        in its slot)."""
+        names = self._budget_key_cache.get(key)
+        if names is None:
             record = self._key(key)
-            pair = (record + b"#budget", record + b"#limit")
+            names = (record + b"#budget", record + b"#limit", record + b"#tokens")
             if len(self._budget_key_cache) < 4096:
-                self._budget_key_cache[key] = pair
-        return pair
+                self._budget_key_cache[key] = names
+        return names
 
     def _scrub(self, text: str) -> str:
         """``text`` without the URL's password (as given and percent-decoded)."""
@@ -1038,12 +1086,14 @@ def _reserve_call(
     index: int,
     reports: Sequence[BudgetReport],
     probe_ttl_s: float,
+    cost: int,
 ) -> tuple[list[bytes], list[bytes | int]]:
     """The reserve script's keys and arguments (see _RESERVE)."""
     index = range(len(keys))[index]  # as a list index: negative counts from the end; IndexError if out
     names = store._keys(keys)
     names += store._budget_keys(keys[index])
     args: list[bytes | int] = [len(keys), index + 1, max(math.ceil(probe_ttl_s * 1000), 1)]
+    args.append(min(max(int(cost), 0), _MAX_COUNT))
     _add_reports(store, reports, names, args)
     return names, args
 
@@ -1070,6 +1120,8 @@ def _add_reports(
         micros = math.ceil(reset * 1_000_000) if reset > 0 else 0
         args.append(-micros if r.estimated is True else micros)
         args.append(b"-" if r.limit is None else int(r.limit))
+        tokens = r.remaining_tokens
+        args.append(b"-" if tokens is None else max(min(int(tokens), _MAX_COUNT), -_MAX_COUNT))
 
 
 def _parse_reservation(reply: Any, count: int) -> Reservation:
