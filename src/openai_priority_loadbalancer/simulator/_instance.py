@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import itertools
 import json
 import logging
@@ -23,7 +24,7 @@ from ._stats import Outcome, RequestRecord, StatsRecorder
 from ._stored import Answer, ObjectStore, Prepared, response_events
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine, Iterable, Iterator
 
     from ._config import InstanceConfig
 
@@ -647,59 +648,9 @@ class InstanceRuntime:
         max_tokens: int,
         include_usage: bool,
     ) -> None:
-        latency = config.latency_s
+        chunks = _chat_chunks(config, model, sequence, prompt_tokens, max_tokens, include_usage)
         try:
-            if latency > 0:
-                await asyncio.sleep(latency)
-            chunked = connection.start_chunked(request, 200, headers)
-            frame = _chunk if chunked else _plain
-            if config.first_chunk_delay_s > 0:
-                await connection.drain()
-                await asyncio.sleep(config.first_chunk_delay_s)
-            name = config.name
-            count = config.stream_chunks
-            delay = config.stream_chunk_delay_s
-            completion_id = f"chatcmpl-{name}-{sequence}"
-            created = int(time.time())
-            text_length = 0
-            for index, text in enumerate(_stream_texts(name, count)):
-                if index and delay > 0:
-                    await asyncio.sleep(delay)
-                text_length += len(text)
-                delta: dict[str, str] = (
-                    {"role": "assistant", "content": text} if index == 0 else {"content": text}
-                )
-                last = index == count - 1
-                chunk = {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "fp_simulator",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": delta,
-                            "logprobs": None,
-                            "finish_reason": "stop" if last else None,
-                        }
-                    ],
-                }
-                data = frame(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                if last:
-                    if include_usage:
-                        chunk["choices"] = []
-                        chunk["usage"] = _usage(
-                            prompt_tokens, min(max_tokens, max(1, math.ceil(text_length / 4)))
-                        )
-                        data += frame(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                    data += frame(b"data: [DONE]\n\n")
-                    if chunked:
-                        data += b"0\r\n\r\n"
-                connection.write(data)
-                await connection.drain()
-        except ConnectionError:
-            request.keep_alive = False
+            await self._write_events(connection, request, config, headers, chunks)
         finally:
             self._done()
 
@@ -713,13 +664,37 @@ class InstanceRuntime:
         deltas: list[str],
     ) -> None:
         """Stream a response's events: all up to the first delta at once, then one delta per chunk."""
-        events = response_events(payload, deltas)
+        events = [
+            b"event: %s\ndata: %s\n\n" % (event["type"].encode(), json.dumps(event).encode())
+            for event in response_events(payload, deltas)
+        ]
         first_delta = 4  # created, in_progress, output_item.added, content_part.added
         groups = [
             events[: first_delta + 1],
             *([event] for event in events[first_delta + 1 : first_delta + len(deltas)]),
         ]
         groups[-1] = groups[-1] + events[first_delta + len(deltas) :]
+        finish = functools.partial(self.store.finish_response, payload["id"], payload)
+        try:
+            # Kept complete before the caller can read response.completed and ask for it.
+            await self._write_events(connection, request, config, headers, groups, before_last=finish)
+        finally:
+            finish()  # a caller that left: it completes anyway
+            self._done()
+
+    async def _write_events(
+        self,
+        connection: Connection,
+        request: Request,
+        config: InstanceConfig,
+        headers: list[tuple[str, str]],
+        groups: Iterable[list[bytes]],
+        before_last: Callable[[], None] | None = None,
+    ) -> None:
+        """Send each group of SSE messages as one chunk, ``stream_chunk_delay_s`` apart.
+
+        ``groups`` is read after the opening delays; ``before_last`` runs just before the last chunk.
+        """
         delay = config.stream_chunk_delay_s
         try:
             if config.latency_s > 0:
@@ -729,25 +704,62 @@ class InstanceRuntime:
             if config.first_chunk_delay_s > 0:
                 await connection.drain()
                 await asyncio.sleep(config.first_chunk_delay_s)
+            groups = list(groups)
             for index, group in enumerate(groups):
                 if index and delay > 0:
                     await asyncio.sleep(delay)
-                data = b"".join(
-                    frame(b"event: %s\ndata: %s\n\n" % (event["type"].encode(), json.dumps(event).encode()))
-                    for event in group
-                )
+                data = b"".join(frame(message) for message in group)
                 if index == len(groups) - 1:
-                    # Kept complete before the caller can read response.completed and ask for it.
-                    self.store.finish_response(payload["id"], payload)
+                    if before_last is not None:
+                        before_last()
                     if chunked:
                         data += b"0\r\n\r\n"
                 connection.write(data)
                 await connection.drain()
         except ConnectionError:
             request.keep_alive = False
-        finally:
-            self.store.finish_response(payload["id"], payload)  # a caller that left: it completes anyway
-            self._done()
+
+
+def _chat_chunks(
+    config: InstanceConfig,
+    model: str,
+    sequence: int,
+    prompt_tokens: int,
+    max_tokens: int,
+    include_usage: bool,
+) -> Iterator[list[bytes]]:
+    """The SSE messages of each chunk of a streamed chat completion (the last one ends with [DONE])."""
+    count = config.stream_chunks
+    completion_id = f"chatcmpl-{config.name}-{sequence}"
+    created = int(time.time())
+    text_length = 0
+    for index, text in enumerate(_stream_texts(config.name, count)):
+        text_length += len(text)
+        delta: dict[str, str] = {"role": "assistant", "content": text} if index == 0 else {"content": text}
+        last = index == count - 1
+        chunk = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_simulator",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": None,
+                    "finish_reason": "stop" if last else None,
+                }
+            ],
+        }
+        messages = [b"data: " + json.dumps(chunk).encode() + b"\n\n"]
+        if last:
+            if include_usage:
+                chunk["choices"] = []
+                chunk["usage"] = _usage(prompt_tokens, min(max_tokens, max(1, math.ceil(text_length / 4))))
+                messages.append(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            messages.append(b"data: [DONE]\n\n")
+        yield messages
 
 
 def _stream_texts(name: str, count: int) -> list[str]:
