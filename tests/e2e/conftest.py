@@ -7,7 +7,6 @@ library that is installed; ``mode`` runs it through the sync and the async SDK c
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -19,15 +18,6 @@ from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalance
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from types import ModuleType
-
-
-@pytest.fixture(params=["httpx", "httpx2"])
-def http_lib(request: pytest.FixtureRequest) -> ModuleType:
-    """The HTTP library of the client given to the SDK: ``httpx``, and ``httpx2`` where installed."""
-    try:
-        return importlib.import_module(request.param)
-    except ImportError:
-        pytest.skip(f"{request.param} is not installed")
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from _simulator_support import sdk
 
 from openai_priority_loadbalancer.simulator import InstanceConfig, Simulator
 from openai_priority_loadbalancer.simulator._protocol import parse_multipart
@@ -298,24 +298,6 @@ def test_item_references_and_encrypted_reasoning_need_their_instance(
 
 
 # -- the real openai SDK -------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["httpx", "httpx2"])
-def http_lib(request: pytest.FixtureRequest) -> Any:
-    try:
-        return importlib.import_module(request.param)
-    except ImportError:
-        pytest.skip(f"{request.param} is not installed")
-
-
-def sdk(openai: Any, sim: Simulator, name: str, form: str, http_lib: Any, *, is_async: bool) -> Any:
-    http_client = http_lib.AsyncClient() if is_async else http_lib.Client()
-    options: dict[str, Any] = {"api_key": "k", "max_retries": 0, "http_client": http_client}
-    if form == "azure":
-        cls = openai.AsyncAzureOpenAI if is_async else openai.AzureOpenAI
-        return cls(azure_endpoint=sim.url(name), api_version="2025-04-01-preview", **options)
-    cls = openai.AsyncOpenAI if is_async else openai.OpenAI
-    return cls(base_url=sim.url(name) + "/openai/v1/", **options)
 
 
 @pytest.mark.parametrize("form", ["azure", "v1"])

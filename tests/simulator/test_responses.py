@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from _simulator_support import sdk
 
 from openai_priority_loadbalancer.simulator import InstanceConfig, Simulator
 from openai_priority_loadbalancer.simulator import _stored as stored_module
@@ -400,16 +400,6 @@ def test_reset_stats_keeps_stored_objects(client: httpx.Client) -> None:
 # -- the real openai SDK -------------------------------------------------------------------------
 
 
-def sdk_client(openai: Any, sim: Simulator, name: str, form: str, http_lib: Any, *, is_async: bool) -> Any:
-    http_client = http_lib.AsyncClient() if is_async else http_lib.Client()
-    options: dict[str, Any] = {"api_key": "k", "max_retries": 0, "http_client": http_client}
-    if form == "azure":
-        cls = openai.AsyncAzureOpenAI if is_async else openai.AzureOpenAI
-        return cls(azure_endpoint=sim.url(name), api_version="2025-04-01-preview", **options)
-    cls = openai.AsyncOpenAI if is_async else openai.OpenAI
-    return cls(base_url=sim.url(name) + "/openai/v1/", **options)
-
-
 SDK_INSTANCES = [
     InstanceConfig("eastus", stream_chunks=3),
     InstanceConfig("westus"),
@@ -417,21 +407,13 @@ SDK_INSTANCES = [
 ]
 
 
-@pytest.fixture(params=["httpx", "httpx2"])
-def http_lib(request: pytest.FixtureRequest) -> Any:
-    try:
-        return importlib.import_module(request.param)
-    except ImportError:
-        pytest.skip(f"{request.param} is not installed")
-
-
 @pytest.mark.parametrize("form", ["azure", "v1"])
 def test_openai_sdk_sync(form: str, http_lib: Any) -> None:
     openai = pytest.importorskip("openai")
     with Simulator(SDK_INSTANCES) as sim:
-        east = sdk_client(openai, sim, "eastus", form, http_lib, is_async=False)
-        west = sdk_client(openai, sim, "westus", form, http_lib, is_async=False)
-        background = sdk_client(openai, sim, "background", form, http_lib, is_async=False)
+        east = sdk(openai, sim, "eastus", form, http_lib, is_async=False)
+        west = sdk(openai, sim, "westus", form, http_lib, is_async=False)
+        background = sdk(openai, sim, "background", form, http_lib, is_async=False)
         with east, west, background:
             first = east.responses.create(model="gpt-4o", input="Hello")
             assert first.output_text == "Simulated response from eastus."
@@ -476,9 +458,9 @@ def test_openai_sdk_sync(form: str, http_lib: Any) -> None:
 async def test_openai_sdk_async(form: str, http_lib: Any) -> None:
     openai = pytest.importorskip("openai")
     async with Simulator(SDK_INSTANCES) as sim:
-        east = sdk_client(openai, sim, "eastus", form, http_lib, is_async=True)
-        west = sdk_client(openai, sim, "westus", form, http_lib, is_async=True)
-        background = sdk_client(openai, sim, "background", form, http_lib, is_async=True)
+        east = sdk(openai, sim, "eastus", form, http_lib, is_async=True)
+        west = sdk(openai, sim, "westus", form, http_lib, is_async=True)
+        background = sdk(openai, sim, "background", form, http_lib, is_async=True)
         async with east, west, background:
             first = await east.responses.create(model="gpt-4o", input="Hello")
             assert first.output_text == "Simulated response from eastus."
