@@ -9,67 +9,37 @@ instance that served the follow-up and how the balancer knew where to send it; a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from typing import Any
 
-import openai
+from _worker_support import send_each
 
-from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer
-from openai_priority_loadbalancer.redis import RedisStateStore
+from openai_priority_loadbalancer import Backend
 
 
 def main() -> None:
     redis_url, mode, *urls = sys.argv[1:]
     ids = sys.stdin.read().split()
-    backends = [Backend(url, 1) for url in urls]
-    store = RedisStateStore.from_url(redis_url) if redis_url != "-" else None
     served: dict[str, list[str | None]] = {}
-    errors: list[str] = []
 
     def note(response_id: str, raw: Any) -> None:
         pinned = raw.http_response.extensions["openai_priority_loadbalancer"].pinned
         served[response_id] = [raw.headers["x-simulator-instance"], pinned.owner if pinned else None]
 
-    options: dict[str, Any] = {"azure_endpoint": urls[0], "api_key": "k", "api_version": "2025-04-01-preview"}
-    if mode == "sync":
-        with openai.AzureOpenAI(
-            **options, http_client=openai.DefaultHttpxClient(transport=LoadBalancer(backends, state=store))
-        ) as client:
-            for response_id in ids:
-                try:
-                    note(
-                        response_id,
-                        client.responses.with_raw_response.create(
-                            model="gpt-4o", input="Go on", previous_response_id=response_id
-                        ),
-                    )
-                except Exception as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-        if store is not None:
-            store.close()
-    else:
-
-        async def run() -> None:
-            lb = AsyncLoadBalancer(backends, state=store)
-            async with openai.AsyncAzureOpenAI(
-                **options, http_client=openai.DefaultAsyncHttpxClient(transport=lb)
-            ) as client:
-                for response_id in ids:
-                    try:
-                        note(
-                            response_id,
-                            await client.responses.with_raw_response.create(
-                                model="gpt-4o", input="Go on", previous_response_id=response_id
-                            ),
-                        )
-                    except Exception as exc:
-                        errors.append(f"{type(exc).__name__}: {exc}")
-            if store is not None:
-                await store.aclose()
-
-        asyncio.run(run())
+    errors = send_each(
+        redis_url,
+        mode,
+        [Backend(url, 1) for url in urls],
+        ids,
+        lambda client, response_id: client.responses.with_raw_response.create(
+            model="gpt-4o", input="Go on", previous_response_id=response_id
+        ),
+        note,
+        azure_endpoint=urls[0],
+        api_key="k",
+        api_version="2025-04-01-preview",
+    )
     print(json.dumps({"served": served, "errors": errors}))
 
 
