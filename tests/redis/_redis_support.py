@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -89,6 +91,35 @@ def served(response: Any) -> str:
 # ---------------------------------------------------------------------- a real redis-server
 
 _READY_TIMEOUT_S = 10.0
+
+
+def script_reports(
+    script: str,
+    argvs: list[list[str]],
+    env: dict[str, str],
+    *,
+    input: str | None = None,
+    timeout: float = 60.0,
+) -> list[dict[str, Any]]:
+    """Run this folder's ``script`` once per argument list, all at once: the JSON report each prints.
+
+    Each must exit 0 within ``timeout`` (its stderr says why not); ``input`` goes to each one's stdin.
+    """
+    command = [sys.executable, str(HERE / script)]
+    pipe = subprocess.PIPE
+    processes = [
+        subprocess.Popen([*command, *argv], env=env, stdin=pipe, stdout=pipe, stderr=pipe, text=True)
+        for argv in argvs
+    ]
+    try:
+        outputs = [process.communicate(input, timeout=timeout) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()  # those still running after a timeout
+            process.wait()
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr
+    return [json.loads(stdout) for stdout, _ in outputs]
 
 
 def free_port() -> int:

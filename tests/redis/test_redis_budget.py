@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
-import subprocess
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from _redis_support import HERE, URL
+from _redis_support import URL, script_reports
 from redis.crc import key_slot
 
 from openai_priority_loadbalancer import (
@@ -328,19 +325,8 @@ def test_processes_racing_never_overdraw(redis_server: RedisServer, worker_env: 
     with contextlib.closing(RedisStateStore.from_url(redis_server.url)) as store:
         _counter(store, 50)
     go_at = time.time() + 1.5  # imports done and connected, every process starts at this moment
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "_reserver.py"), redis_server.url, KEYS[0], str(go_at), "20"],
-            env=worker_env,
-            stdout=subprocess.PIPE,
-        )
-        for _ in range(8)
-    ]
-    reports = []
-    for w in workers:
-        out, _ = w.communicate(timeout=30)
-        assert w.returncode == 0
-        reports.append(json.loads(out))
+    argv = [redis_server.url, KEYS[0], str(go_at), "20"]
+    reports = script_reports("_reserver.py", [argv] * 8, worker_env, timeout=30)
     assert sum(r["granted"] for r in reports) == 50
     assert sum(r["refused"] for r in reports) == 8 * 20 - 50
 

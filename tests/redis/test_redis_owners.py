@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import httpx
 import openai
 import pytest
-from _redis_support import HERE
+from _redis_support import script_reports
 
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer, OwnerStore, shared_key
 from openai_priority_loadbalancer.redis import RedisStateStore
@@ -141,16 +139,8 @@ def test_a_second_process_continues_the_first_ones_chains(
         assert len(set(owners.values())) > 1
 
         def second(redis_url: str) -> dict[str, list[str | None]]:
-            result = subprocess.run(
-                [sys.executable, str(HERE / "_chains.py"), redis_url, mode, *urls],
-                input="\n".join(owners),
-                env=worker_env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert result.returncode == 0, result.stderr
-            report = json.loads(result.stdout)
+            argv = [redis_url, mode, *urls]
+            [report] = script_reports("_chains.py", [argv], worker_env, input="\n".join(owners))
             assert report["errors"] == []
             served: dict[str, list[str | None]] = report["served"]
             return served

@@ -8,15 +8,12 @@ with a store of its own.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
 from _e2e_support import API_VERSION, CALLER_KEY, Api
-from _redis_support import HERE
+from _redis_support import script_reports
 
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer
 from openai_priority_loadbalancer.redis import RedisStateStore
@@ -41,15 +38,7 @@ def sim() -> Iterator[Simulator]:
 
 def run_worker(env: dict[str, str], redis_url: str, mode: str, count: int, sim: Simulator) -> dict[str, Any]:
     specs = [f"x={sim.url('x')}:1", f"y={sim.url('y')}:2"]
-    result = subprocess.run(
-        [sys.executable, str(HERE / "_worker.py"), redis_url, mode, str(count), *specs],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    report: dict[str, Any] = json.loads(result.stdout)
+    [report] = script_reports("_worker.py", [[redis_url, mode, str(count), *specs]], env)
     assert report["errors"] == []
     return report
 

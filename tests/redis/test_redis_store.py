@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 import redis.asyncio
-from _redis_support import HERE, URL, Backends, commands_between
+from _redis_support import URL, Backends, commands_between, script_reports
 
 import redis
 from openai_priority_loadbalancer import (
@@ -159,27 +156,8 @@ def test_processes_racing_keep_the_longest_cooldown(
 ) -> None:
     """Four processes write short cooldowns to one key in a tight loop; one writes a long one among them."""
     go_at = time.time() + 1.0  # every process starts writing at this moment, imports done
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "_writer.py"),
-                redis_server.url,
-                KEY,
-                str(i),
-                str(i == 2),
-                str(go_at),
-            ],
-            env=worker_env,
-            stdout=subprocess.PIPE,
-        )
-        for i in range(4)
-    ]
-    reports = []
-    for w in workers:
-        out, _ = w.communicate(timeout=30)
-        assert w.returncode == 0
-        reports.append(json.loads(out))
+    argvs = [[redis_server.url, KEY, str(i), str(i == 2), str(go_at)] for i in range(4)]
+    reports = script_reports("_writer.py", argvs, worker_env, timeout=30)
     assert sum(r["writes"] for r in reports) == 4 * 200
     with contextlib.closing(RedisStateStore.from_url(redis_server.url)) as store:
         record = store.load([KEY])[0]
