@@ -21,6 +21,7 @@ import pytest
 from _redis_support import URL, script_reports
 from redis.crc import key_slot
 
+from _windowed_backend import WindowedBackend
 from openai_priority_loadbalancer import (
     Backend,
     BudgetReport,
@@ -334,36 +335,6 @@ def test_processes_racing_never_overdraw(redis_server: RedisServer, worker_env: 
 # -- balancers sharing a budget never overspend a backend's window ----------------------------------
 
 
-class WindowedBackend:
-    """An endpoint admitting ``limit`` requests per window of ``window_s`` (real time), Azure-style."""
-
-    def __init__(self, limit: int, window_s: float) -> None:
-        self.limit, self.window_s = limit, window_s
-        self.start = time.monotonic()
-        self.lock = threading.Lock()
-        self.served: dict[int, int] = {}
-        self.throttled = 0
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.host != "a.example":
-            return httpx.Response(200, json={"ok": True})
-        with self.lock:
-            now = time.monotonic() - self.start
-            window = int(now // self.window_s)
-            reset_ms = max(1, round(((window + 1) * self.window_s - now) * 1000))
-            used = self.served.get(window, 0)
-            if used >= self.limit:
-                self.throttled += 1
-                return httpx.Response(429, headers={"retry-after-ms": str(reset_ms)})
-            self.served[window] = used + 1
-        headers = {
-            "x-ratelimit-limit-requests": str(self.limit),
-            "x-ratelimit-remaining-requests": str(self.limit - used - 1),
-            "x-ratelimit-reset-requests": f"{reset_ms}ms",
-        }
-        return httpx.Response(200, headers=headers, json={"ok": True})
-
-
 def _run_balancers(redis_server: RedisServer | None, backend: WindowedBackend, seconds: float) -> None:
     """4 balancers, each with a store of its own (as in 4 processes), on 2 threads each, sending as
     fast as they can for ``seconds``; b takes what a cannot."""
@@ -396,13 +367,13 @@ def _run_balancers(redis_server: RedisServer | None, backend: WindowedBackend, s
 
 
 def test_without_sharing_budgets_balancers_overspend_windows() -> None:
-    backend = WindowedBackend(limit=5, window_s=0.25)
+    backend = WindowedBackend(time.monotonic, limit=5, window_s=0.25)
     _run_balancers(None, backend, 1.0)
     assert backend.throttled > 3  # the control
 
 
 def test_balancers_sharing_budgets_on_redis_never_overspend_a_window(redis_server: RedisServer) -> None:
-    backend = WindowedBackend(limit=5, window_s=0.25)
+    backend = WindowedBackend(time.monotonic, limit=5, window_s=0.25)
     _run_balancers(redis_server, backend, 1.0)
     assert backend.throttled == 0
     assert sum(backend.served.values()) >= 5 * 3  # and the backend's capacity is used

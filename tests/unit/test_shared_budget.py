@@ -14,6 +14,7 @@ import httpx
 import pytest
 from _unit_support import CALLER_URL, FakeClock
 
+from _windowed_backend import WindowedBackend
 from openai_priority_loadbalancer import (
     Backend,
     BudgetReport,
@@ -116,45 +117,15 @@ def test_a_backend_set_aside_is_refused_for_as_long(store: MemoryStateStore) -> 
 # ---------------------------------------------------------------------- balancers sharing a budget
 
 
-class WindowedBackend:
-    """An endpoint admitting ``limit`` requests per window of ``window_s`` (fake clock), Azure-style."""
-
-    def __init__(self, clock: FakeClock, limit: int, window_s: float = 1.0) -> None:
-        self.clock, self.limit, self.window_s = clock, limit, window_s
-        self.served: dict[int, int] = {}
-        self.throttled = 0
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        now = self.clock() - self.clock.start
-        window = int(now // self.window_s)
-        reset_ms = round(((window + 1) * self.window_s - now) * 1000)
-        used = self.served.get(window, 0)
-        if used >= self.limit:
-            self.throttled += 1
-            return httpx.Response(429, headers={"retry-after-ms": str(reset_ms)})
-        self.served[window] = used + 1
-        headers = {
-            "x-ratelimit-limit-requests": str(self.limit),
-            "x-ratelimit-remaining-requests": str(self.limit - used - 1),
-            "x-ratelimit-reset-requests": f"{reset_ms}ms",
-        }
-        return httpx.Response(200, headers=headers, json={"ok": True})
-
-
 class AzureBackend(WindowedBackend):
     """Answers as Azure OpenAI does: the remaining count on a success, with no limit and no reset;
     ``Retry-After`` in whole seconds (rounded up) on a 429. A client cannot tell when a window ends."""
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        now = self.clock() - self.clock.start
-        window = int(now // self.window_s)
-        used = self.served.get(window, 0)
-        if used >= self.limit:
-            self.throttled += 1
-            wait = (window + 1) * self.window_s - now
-            return httpx.Response(429, headers={"retry-after": str(math.ceil(round(wait, 6)))})
-        self.served[window] = used + 1
-        return httpx.Response(200, headers={"x-ratelimit-remaining-requests": str(self.limit - used - 1)})
+    def throttle(self, wait_s: float) -> httpx.Response:
+        return httpx.Response(429, headers={"retry-after": str(math.ceil(round(wait_s, 6)))})
+
+    def serve(self, remaining: int, wait_s: float) -> httpx.Response:
+        return httpx.Response(200, headers={"x-ratelimit-remaining-requests": str(remaining)})
 
 
 def _run(
@@ -164,15 +135,10 @@ def _run(
     what the first cannot."""
     if backend is None:
         backend = WindowedBackend(clock, limit=5)
-    spare = httpx.MockTransport(lambda request: httpx.Response(200, json={"ok": True}))
-
-    def route(request: httpx.Request) -> httpx.Response:
-        return backend(request) if request.url.host == "a.example" else spare.handler(request)  # type: ignore[attr-defined]
-
     lbs = [
         LoadBalancer(
             [Backend("a.example", 1), Backend("b.example", 2)],
-            transport=httpx.MockTransport(route),
+            transport=httpx.MockTransport(backend),
             clock=clock,
             state=state,
             max_wait_s=0,
