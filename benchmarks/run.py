@@ -626,10 +626,11 @@ def measure_sdk(plan: Plan) -> tuple[dict[str, dict[str, float]], dict[str, dict
 
 def _select_once(lb: BaseLoadBalancer, now: float) -> None:
     """One selection and its release: the only code here that knows how the balancer selects."""
-    state, probe, _seq = lb._choose(now, set())
+    with lb._lock:
+        state, probe, _seq = lb._lanes.default.choice.choose(now, set(), lb._random)
     if state is None:
         raise RuntimeError("no backend was available")
-    lb._release(state, probe, now)
+    lb._ledger.release(state, probe, now)
 
 
 def _cool_down_one_in_ten(lb: BaseLoadBalancer, now: float) -> int:

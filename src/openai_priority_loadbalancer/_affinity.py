@@ -330,9 +330,9 @@ class Pin:
         """The state-store call that finds the owner of the objects named, or None if none is needed."""
         return self._affinity.lookup(self)
 
-    def among(self) -> list[BackendState] | None:
-        """The states of the backends the request may wait for (None: any)."""
-        return self._affinity.among(self) if self.names else None
+    def among(self, states: Sequence[BackendState]) -> list[BackendState] | None:
+        """Of ``states`` (one per backend), those of the backends the request may wait for (None: any)."""
+        return [states[i] for i in self.candidates] if self.names else None
 
     def served(
         self, state: BackendState, response: Response, lib: HttpLib
@@ -373,7 +373,6 @@ class Affinity:
         self._keys = list(shared_keys)
         self._index_of = {key: i for i, key in enumerate(shared_keys)}
         self._ids = [s.backend.id for s in states]
-        self._states = list(states)
         self._order = [s.index for s in sorted(states, key=lambda s: s.backend.priority)]
         self._emit = emit
         self._wall_clock = wall_clock
@@ -432,10 +431,6 @@ class Affinity:
             if index is not None:
                 return index, by
         return None
-
-    def among(self, pin: Pin) -> list[BackendState]:
-        """The states of the backends ``pin``'s request may wait for."""
-        return [self._states[i] for i in pin.candidates]
 
     # -- after an answer
 

@@ -36,7 +36,6 @@ class Budgets:
     """The budget beliefs of one balancer, and its reports pending for a shared budget store.
 
     Args:
-        keys: the backends' names in the shared store, by index (empty without a store).
         sharing: whether a budget store shares the budgets (then every answer's reset is read).
         default_cooldown_s: how long a report naming no reset is believed, at most.
         rate_limit: reads an answer's rate-limit headers with the balancer's clock and bounds.
@@ -46,7 +45,6 @@ class Budgets:
 
     def __init__(
         self,
-        keys: list[str],
         *,
         sharing: bool,
         default_cooldown_s: float,
@@ -54,14 +52,13 @@ class Budgets:
         set_aside: Callable[[BackendState, float, float, str, object], None],
         lock: threading.Lock,
     ) -> None:
-        self._shared_keys = keys
         self._sharing = sharing
         self._default_cooldown_s = default_cooldown_s
         self._rate_limit = rate_limit
         self._set_aside = set_aside
         self._lock = lock
-        #: Budget reports waiting to ride along with the next reservation, by backend index.
-        self.pending: dict[int, Pending] = {}
+        #: Budget reports waiting to ride along with the next reservation, by the state's store key.
+        self.pending: dict[str, Pending] = {}
 
     def window_s(self, state: BackendState) -> float:
         """How long a window of a backend that names no reset lasts: as long as the longest reset or
@@ -172,25 +169,26 @@ class Budgets:
             return reset, remaining_requests, remaining_tokens
         return None
 
-    def reserve_args(self, state: BackendState, now: float) -> tuple[Any, ...]:
-        """Arguments of ``BudgetStore.reserve`` for ``state``'s backend, with the budget reports pending."""
+    def reserve_args(self, state: BackendState, keys: list[str], now: float) -> tuple[Any, ...]:
+        """Arguments of ``BudgetStore.reserve`` for ``state``'s backend (``keys``: its lane's), with the
+        budget reports pending."""
         with self._lock:
             pending, self.pending = self.pending, {}
             # The window's probe (if this is it) holds the other balancers back as long as it does ours.
             hold = state.probe_hold_s()
         reports = [
-            BudgetReport(self._shared_keys[index], remaining, reset_at - now, limit, estimated)
-            for index, (remaining, reset_at, limit, estimated) in pending.items()
+            BudgetReport(key, remaining, reset_at - now, limit, estimated)
+            for key, (remaining, reset_at, limit, estimated) in pending.items()
             if reset_at > now  # a report of a window that has ended since says nothing of this one
         ]
-        return (self._shared_keys, state.index, reports, hold)
+        return (keys, state.index, reports, hold)
 
     def probe_report(self, state: BackendState, now: float) -> list[BudgetReport]:
         """What the window's shared probe found, for every balancer: the budget its answer reported,
         else that nothing is known (which ends the probe, so that the next request may try)."""
         with self._lock:
-            pending = self.pending.pop(state.index, None)
-        key = self._shared_keys[state.index]
+            pending = self.pending.pop(state.key, None)
+        key = state.key
         if pending is None or pending[1] <= now:
             return [BudgetReport(key, 0, 0.0, None)]  # reset_s 0: forget the counter
         remaining, reset_at, limit, estimated = pending

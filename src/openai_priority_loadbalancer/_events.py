@@ -46,6 +46,8 @@ class AttemptEvent:
     priority: int
     probe: bool
     """True when this is the one request allowed to test the backend (half-open breaker, spent budget)."""
+    deployment: str | None = None
+    """The deployment it is of (see ``BackendStats.deployment``); None: the request named none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class ServedEvent:
     status: int
     elapsed_s: float
     """From sending to the response's headers (a stream's body comes later)."""
+    deployment: str | None = None
+    """The deployment it is of (see ``BackendStats.deployment``); None: the request named none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,8 @@ class ThrottledEvent:
     backend: str
     cooldown_s: float
     elapsed_s: float
+    deployment: str | None = None
+    """The deployment it is of (see ``BackendStats.deployment``); None: the request named none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +94,8 @@ class FailedEvent:
     consecutive_failures: int
     cooldown_s: float
     elapsed_s: float
+    deployment: str | None = None
+    """The deployment it is of (see ``BackendStats.deployment``); None: the request named none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +106,8 @@ class AbandonedEvent:
     time: float
     backend: str
     elapsed_s: float
+    deployment: str | None = None
+    """The deployment it is of (see ``BackendStats.deployment``); None: the request named none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,8 @@ class RecoveredEvent:
     time: float
     backend: str
     after_failures: int
+    deployment: str | None = None
+    """The deployment it is of (see ``BackendStats.deployment``); None: the request named none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +140,8 @@ class SetAsideEvent:
     cooldown_s: float
     shared: bool
     """True when it was learned from the state store, not from this balancer's own answers."""
+    deployment: str | None = None
+    """The deployment it is of (see ``BackendStats.deployment``); None: the request named none."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ FASTEST_SUCCESS_DECAY = 1.25
 
 
 class BackendState:
-    """What one balancer knows about one backend right now."""
+    """What one balancer knows about one backend (for one deployment: see ``_lanes``) right now."""
 
     __slots__ = (
         "backend",
@@ -42,14 +42,17 @@ class BackendState:
         "cooling_reason",
         "cooling_until",
         "cost_sent",
+        "deployment",
         "failed",
         "failures",
         "fastest_success_s",
         "in_flight",
         "index",
+        "key",
         "latencies",
         "latency_count",
         "limit_requests",
+        "missing_until",
         "pinned",
         "probe_first",
         "probe_sent_at",
@@ -72,9 +75,15 @@ class BackendState:
         "window_s",
     )
 
-    def __init__(self, backend: Backend, index: int) -> None:
+    def __init__(self, backend: Backend, index: int, deployment: str | None = None, key: str = "") -> None:
         self.backend = backend
         self.index = index
+        #: The deployment this state is of (None: requests naming none); see ``_lanes``.
+        self.deployment = deployment
+        #: Its name in a shared state store ("" without one).
+        self.key = key
+        #: Monotonic time until which the backend is believed to lack the deployment (a 404 said so).
+        self.missing_until = -math.inf
         #: Monotonic time before which the backend is not used (0: available).
         self.cooling_until = 0.0
         #: Why it is cooling ("throttled", "failed", "exhausted"), or None once announced back.

@@ -44,6 +44,11 @@ class BackendStats:
     """Attempts given up for not answering within the first-byte deadline (counted in ``failures`` too)."""
     rejected: int = 0
     """4xx answers other than 429 (the caller's problem, or a deployment the backend lacks)."""
+    deployment: str | None = None
+    """The deployment these counters are of, as requests name it (the path's, or a v1 body's
+    ``model``); None for requests naming none. Azure meters each deployment on its own: a backend has
+    a row per deployment it served, and its 429s, cooldowns and budgets are that deployment's. A
+    breaker (5xx, connection errors) is the backend's, in every row."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +61,7 @@ class Totals:
     failures: int
     in_flight: int
     available: int
-    """Backends not cooling down."""
+    """Backends with a row not cooling down."""
     backends: int
     pinned: int = 0
     """Answers to requests that named a stored object (sent to its backend only)."""
@@ -77,15 +82,28 @@ class Stats(tuple[BackendStats, ...]):
             throttled=sum(s.throttled for s in self),
             failures=sum(s.failures for s in self),
             in_flight=sum(s.in_flight for s in self),
-            available=sum(1 for s in self if s.cooling_down_for_s == 0),
-            backends=len(self),
+            available=len({s.backend for s in self if s.cooling_down_for_s == 0}),
+            backends=len({s.backend for s in self}),
             pinned=sum(s.pinned for s in self),
             slow=sum(s.slow for s in self),
             rejected=sum(s.rejected for s in self),
         )
 
     def __str__(self) -> str:
-        header = ["backend", "prio", "requests", "ok", "429", "failed", "rejected", "in flight", "cooling s"]
+        # A deployment column once rows of more than one deployment are shown.
+        deployments = len({s.deployment for s in self}) > 1
+        header = [
+            "backend",
+            *(["deployment"] if deployments else []),
+            "prio",
+            "requests",
+            "ok",
+            "429",
+            "failed",
+            "rejected",
+            "in flight",
+            "cooling s",
+        ]
         header += ["breaker"]
         header += ["p50 ms", "p95 ms", "remaining req", "remaining tok"]
         pinned = any(s.pinned for s in self)  # a column only for balancers that pinned requests
@@ -99,6 +117,7 @@ class Stats(tuple[BackendStats, ...]):
             rows.append(
                 [
                     s.backend,
+                    *([s.deployment or "-"] if deployments else []),
                     str(s.priority),
                     str(s.requests),
                     str(s.successes),
@@ -117,7 +136,8 @@ class Stats(tuple[BackendStats, ...]):
                 ]
             )
         t = self.total
-        total = [f"total ({t.available}/{t.backends} available)", "", str(t.requests), str(t.successes)]
+        total = [f"total ({t.available}/{t.backends} available)", *([""] if deployments else []), ""]
+        total += [str(t.requests), str(t.successes)]
         total += [str(t.throttled), str(t.failures), str(t.rejected), str(t.in_flight)]
         rows.append(total + [""] * (len(header) - len(total)))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -166,6 +186,7 @@ def snapshot(s: BackendState, now: float) -> BackendStats:
         pinned=s.pinned,
         slow=s.slow,
         rejected=s.rejected,
+        deployment=s.deployment,
     )
 
 

@@ -46,8 +46,11 @@ Instruments (meter ``openai-priority-loadbalancer``, versioned as the package), 
 - ``owners_discovered`` (Counter, ``{object}``; ``backend``): a stored object (a response, conversation,
   file, ...) whose backend nobody had recorded was found on ``backend`` by asking the backends in turn.
 
-Attribute values are backend ids (scheme, host, port, path prefix), outcomes, status codes and error
-type names: never credentials, request paths or error messages.
+Every set with ``backend`` also has ``deployment`` when the request named one (the path's, or a v1
+body's ``model``, as the caller wrote it): Azure meters each deployment on its own, and its 429s and
+cooldowns are that deployment's. Attribute values are backend ids (scheme, host, port, path prefix),
+deployment names, outcomes, status codes and error type names: never credentials, request paths or
+error messages.
 
 To use it together with a callback of your own, call both from one function. The metrics never raise;
 what your callback raises is logged and ignored by the balancer::
@@ -119,6 +122,7 @@ _STATUS: Final = "http.response.status_code"
 _CAUSE: Final = "cause"
 _REASON: Final = "reason"
 _SHARED: Final = "shared"
+_DEPLOYMENT: Final = "deployment"
 
 
 class _BackendAttributes:
@@ -139,13 +143,17 @@ class _BackendAttributes:
         "throttled",
     )
 
-    def __init__(self, backend: str) -> None:
-        self.backend: _Attributes = {_BACKEND: backend}
-        self.throttled: _Attributes = {_BACKEND: backend, _OUTCOME: "throttled", _STATUS: 429}
-        self.abandoned: _Attributes = {_BACKEND: backend, _OUTCOME: "abandoned"}
-        self.cooldown_throttled: _Attributes = {_BACKEND: backend, _REASON: "throttled"}
-        self.cooldown_failed: _Attributes = {_BACKEND: backend, _REASON: "failed"}
-        self.cooldown_exhausted: _Attributes = {_BACKEND: backend, _REASON: "exhausted"}
+    def __init__(self, backend: str, deployment: str | None = None) -> None:
+        #: What every set of this backend (and deployment, if the requests named one) holds.
+        base: _Attributes = {_BACKEND: backend}
+        if deployment is not None:
+            base[_DEPLOYMENT] = deployment
+        self.backend = base
+        self.throttled: _Attributes = {**base, _OUTCOME: "throttled", _STATUS: 429}
+        self.abandoned: _Attributes = {**base, _OUTCOME: "abandoned"}
+        self.cooldown_throttled: _Attributes = {**base, _REASON: "throttled"}
+        self.cooldown_failed: _Attributes = {**base, _REASON: "failed"}
+        self.cooldown_exhausted: _Attributes = {**base, _REASON: "exhausted"}
         # (reason, shared) -> attributes
         self.set_asides: dict[tuple[str, bool], _Attributes] = {}
         self.served: dict[int, _Attributes] = {}
@@ -155,25 +163,24 @@ class _BackendAttributes:
     def for_served(self, status: int) -> _Attributes:
         attributes = self.served.get(status)
         if attributes is None:
-            attributes = {_BACKEND: self.backend[_BACKEND], _OUTCOME: "served", _STATUS: status}
+            attributes = {**self.backend, _OUTCOME: "served", _STATUS: status}
             attributes = self.served.setdefault(status, attributes)
         return attributes
 
     def for_set_aside(self, reason: str, shared: bool) -> _Attributes:
         attributes = self.set_asides.get((reason, shared))
         if attributes is None:
-            attributes = {_BACKEND: self.backend[_BACKEND], _REASON: reason, _SHARED: shared}
+            attributes = {**self.backend, _REASON: reason, _SHARED: shared}
             attributes = self.set_asides.setdefault((reason, shared), attributes)
         return attributes
 
     def for_failed(self, cause: str) -> tuple[_Attributes, _Attributes]:
         pair = self.causes.get(cause)
         if pair is None:
-            backend = self.backend[_BACKEND]
-            attempt: _Attributes = {_BACKEND: backend, _OUTCOME: "failed"}
+            attempt: _Attributes = {**self.backend, _OUTCOME: "failed"}
             if cause.isascii() and cause.isdigit() and len(cause) == 3:
                 attempt[_STATUS] = int(cause)
-            pair = self.causes.setdefault(cause, (attempt, {_BACKEND: backend, _CAUSE: cause}))
+            pair = self.causes.setdefault(cause, (attempt, {**self.backend, _CAUSE: cause}))
         return pair
 
 
@@ -269,33 +276,33 @@ class OpenTelemetryMetrics:
             unit="{object}",
             description="A stored object whose backend was not recorded, found by asking the backends.",
         )
-        self._backends: dict[str, _BackendAttributes] = {}
+        self._backends: dict[tuple[str, str | None], _BackendAttributes] = {}
 
     def __call__(self, event: Event) -> None:
         """Record ``event``."""
         if isinstance(event, AttemptEvent):
-            self._active.add(1, self._for(event.backend).backend)
+            self._active.add(1, self._for(event.backend, event.deployment).backend)
         elif isinstance(event, ServedEvent):
-            cached = self._for(event.backend)
+            cached = self._for(event.backend, event.deployment)
             self._ended(cached, cached.for_served(event.status), event.elapsed_s)
         elif isinstance(event, ThrottledEvent):
-            cached = self._for(event.backend)
+            cached = self._for(event.backend, event.deployment)
             self._ended(cached, cached.throttled, event.elapsed_s)
             self._throttles.add(1, cached.backend)
             self._cooldown.record(event.cooldown_s, cached.cooldown_throttled)
         elif isinstance(event, FailedEvent):
-            cached = self._for(event.backend)
+            cached = self._for(event.backend, event.deployment)
             attempt, failure = cached.for_failed(event.cause)
             self._ended(cached, attempt, event.elapsed_s)
             self._failures.add(1, failure)
             self._cooldown.record(event.cooldown_s, cached.cooldown_failed)
         elif isinstance(event, AbandonedEvent):
-            cached = self._for(event.backend)
+            cached = self._for(event.backend, event.deployment)
             self._ended(cached, cached.abandoned, event.elapsed_s)
         elif isinstance(event, RecoveredEvent):
-            self._recoveries.add(1, self._for(event.backend).backend)
+            self._recoveries.add(1, self._for(event.backend, event.deployment).backend)
         elif isinstance(event, SetAsideEvent):
-            cached = self._for(event.backend)
+            cached = self._for(event.backend, event.deployment)
             self._set_asides.add(1, cached.for_set_aside(event.reason, event.shared))
             if not event.shared:  # a shared one is recorded by the balancer that saw it
                 self._cooldown.record(event.cooldown_s, cached.cooldown_exhausted)
@@ -310,10 +317,11 @@ class OpenTelemetryMetrics:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(meter_name={self._meter_name!r})"
 
-    def _for(self, backend: str) -> _BackendAttributes:
-        cached = self._backends.get(backend)
+    def _for(self, backend: str, deployment: str | None = None) -> _BackendAttributes:
+        key = (backend, deployment)
+        cached = self._backends.get(key)
         if cached is None:
-            cached = self._backends.setdefault(backend, _BackendAttributes(backend))
+            cached = self._backends.setdefault(key, _BackendAttributes(backend, deployment))
         return cached
 
     def _ended(self, cached: _BackendAttributes, attributes: _Attributes, elapsed_s: float) -> None:

@@ -38,6 +38,8 @@ pytestmark = pytest.mark.redis
 BACKENDS = [Backend("a.example", 1), Backend("b.example", 1), Backend("c.example", 2)]
 KEY_A = "://a.example:"
 KEY_B = "://b.example:"
+# What the balancers share of the deployment URL names is kept under the backend's key and its name.
+LANE = "#deployment=gpt-4o"
 
 
 class Listener:
@@ -225,7 +227,7 @@ def _phases(
     handler.throttle("b.example", 5.0)
     yield 60
     assert handler.hits["b.example"] >= 1
-    assert _shared(observer, KEY_B), "the 429 from b was shared"
+    assert _shared(observer, KEY_B + LANE), "the 429 from b was shared"
     server.kill()
     handler.throttle("a.example", 0.05)
     yield 80
@@ -236,7 +238,7 @@ def _phases(
     handler.throttle("a.example", 5.0)
     yield 59
     assert not handler.pending_429, "every 429 was answered"
-    assert _shared(observer, KEY_A), "sharing resumed: the new 429 from a reached Redis"
+    assert _shared(observer, KEY_A + LANE), "sharing resumed: the new 429 from a reached Redis"
     with contextlib.closing(redis.Redis(port=server.port)) as raw:
         assert raw.keys("*#budget"), "reservations resumed: the restarted Redis counts budgets again"
 

@@ -325,7 +325,8 @@ def test_a_throttled_backend_costs_one_write(redis_server: RedisServer) -> None:
     with httpx.Client(transport=lb) as client:
         client.post(URL, json={})
         store.set_aside("warm-up", SharedState(0.001, "throttled", 0))  # the server learns the script
-        store.report([BudgetReport(shared_key(backends[1]), None, 60.0, None)])  # b: known, unmetered
+        # b: known, unmetered (for the deployment URL names)
+        store.report([BudgetReport(shared_key(backends[1]) + "#deployment=gpt-4o", None, 60.0, None)])
         handler.throttle("a.example", 5.0)
         before = redis_server.stats()
         assert client.post(URL, json={}).json()["host"] == "b.example"

@@ -73,9 +73,14 @@ def routing(response: Any) -> Any:
     return response.extensions["openai_priority_loadbalancer"]
 
 
-def stats_by_id(lb: Any) -> dict[str, BackendStats]:
-    """The balancer's stats, by backend."""
-    return {s.backend: s for s in lb.stats()}
+def stats_by_id(lb: Any, deployment: str | None = "gpt-4o") -> dict[str, BackendStats]:
+    """The balancer's stats rows of ``deployment`` (by default the one CALLER_URL names), by backend;
+    a backend with no row of it shows its first row."""
+    rows: dict[str, BackendStats] = {}
+    for s in lb.stats():
+        if s.backend not in rows or s.deployment == deployment:
+            rows[s.backend] = s
+    return rows
 
 
 def held(lib: Any, entered: threading.Event, release: threading.Event, status: int = 200) -> Any:

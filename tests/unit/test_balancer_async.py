@@ -17,8 +17,8 @@ import pytest
 from _unit_support import CALLER_URL, LIBS, LOGGER, WAIT, A, B, C, MakeLb, routing, stats_by_id
 
 from openai_priority_loadbalancer import AsyncLoadBalancer, Backend, LoadBalancer, MemoryStateStore
-from openai_priority_loadbalancer._base import _PROBE_POLL_S
 from openai_priority_loadbalancer._state import PROBE_HOLD_FACTOR, PROBE_HOLD_MAX_S
+from openai_priority_loadbalancer._waiting import PROBE_POLL_S as _PROBE_POLL_S
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from openai_priority_loadbalancer import Backend, LoadBalancer
-from openai_priority_loadbalancer._base import _MIN_THROTTLE_S
 from openai_priority_loadbalancer._cooldown import (
     DEFAULT_MAX_COOLDOWN_S,
     RateLimitInfo,
@@ -26,6 +25,7 @@ from openai_priority_loadbalancer._cooldown import (
     parse_retry_after,
     read_rate_limit,
 )
+from openai_priority_loadbalancer._ledger import MIN_THROTTLE_S as _MIN_THROTTLE_S
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

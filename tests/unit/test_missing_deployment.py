@@ -44,7 +44,8 @@ def test_fails_over_and_sets_the_deployment_aside_on_that_backend(
     assert post(client, CHAT.format("gpt-4o")).json() == {"host": B}  # A asked again: still lacking
     assert len(router.for_host(A)) == 3
     assert stats_by_id(lb)[A].rejected == 2
-    assert stats_by_id(lb)[A].cooling_down_for_s == 0  # the backend itself is not set aside
+    assert stats_by_id(lb)[A].cooling_down_for_s == 0  # the deployment is passed over, not set aside
+    assert stats_by_id(lb, "embed")[A].rejected == 0  # a row per deployment: embed was served
 
 
 def test_a_deployment_that_exists_nowhere_gets_the_last_404_after_one_try_each(

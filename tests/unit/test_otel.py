@@ -65,18 +65,18 @@ OWNERS_DISCOVERED = P + "owners_discovered"
 STATUS = "http.response.status_code"
 
 INSTRUMENTS = {  # name -> (unit, the attribute keys its points may have)
-    ATTEMPTS: ("{attempt}", {"backend", "outcome", STATUS}),
-    DURATION: ("s", {"backend", "outcome", STATUS}),
-    ACTIVE: ("{attempt}", {"backend"}),
-    THROTTLES: ("{throttle}", {"backend"}),
-    FAILURES: ("{failure}", {"backend", "cause"}),
-    RECOVERIES: ("{recovery}", {"backend"}),
-    COOLDOWN: ("s", {"backend", "reason"}),
+    ATTEMPTS: ("{attempt}", {"backend", "deployment", "outcome", STATUS}),
+    DURATION: ("s", {"backend", "deployment", "outcome", STATUS}),
+    ACTIVE: ("{attempt}", {"backend", "deployment"}),
+    THROTTLES: ("{throttle}", {"backend", "deployment"}),
+    FAILURES: ("{failure}", {"backend", "deployment", "cause"}),
+    RECOVERIES: ("{recovery}", {"backend", "deployment"}),
+    COOLDOWN: ("s", {"backend", "deployment", "reason"}),
     WAITS: ("{wait}", set()),
     WAIT_DURATION: ("s", set()),
     EXHAUSTED: ("{request}", set()),
-    SET_ASIDES: ("{set_aside}", {"backend", "reason", "shared"}),
-    OWNERS_DISCOVERED: ("{object}", {"backend"}),
+    SET_ASIDES: ("{set_aside}", {"backend", "deployment", "reason", "shared"}),
+    OWNERS_DISCOVERED: ("{object}", {"backend", "deployment"}),
 }
 
 
@@ -125,7 +125,10 @@ class Exported:
 
 
 def at(**attributes: Any) -> frozenset[tuple[str, Any]]:
-    """A series key: ``at(backend=A, outcome="served", status=200)`` (``status`` is the OTel status key)."""
+    """A series key: ``at(backend=A, outcome="served", status=200)`` (``status`` is the OTel status key).
+    A series of a backend has the deployment the tests' requests name (CALLER_URL), unless told."""
+    if "backend" in attributes and attributes.setdefault("deployment", "gpt-4o") is None:
+        del attributes["deployment"]
     if "status" in attributes:
         attributes[STATUS] = attributes.pop("status")
     return frozenset(attributes.items())
@@ -195,8 +198,9 @@ def check_consistent(exported: Exported, events: list[Event]) -> None:
 
 def test_each_event_lands_in_its_instruments(otel: Otel) -> None:
     m = otel.metrics
+    bare = functools.partial(at, deployment=None)  # events made by hand name no deployment
     m(AttemptEvent(1.0, A, 1, False))
-    assert otel.read().series(ACTIVE) == {at(backend=A): 1}
+    assert otel.read().series(ACTIVE) == {bare(backend=A): 1}
     m(ServedEvent(1.0, A, 200, 0.5))
     m(AttemptEvent(1.0, A, 1, False))
     m(ServedEvent(1.0, A, 400, 0.25))
@@ -218,34 +222,34 @@ def test_each_event_lands_in_its_instruments(otel: Otel) -> None:
 
     exported = otel.read()
     assert exported.series(ATTEMPTS) == {
-        at(backend=A, outcome="served", status=200): 1,
-        at(backend=A, outcome="served", status=400): 1,
-        at(backend=A, outcome="throttled", status=429): 1,
-        at(backend=B, outcome="failed", status=503): 1,
-        at(backend=B, outcome="failed"): 1,
-        at(backend=C, outcome="abandoned"): 1,
+        bare(backend=A, outcome="served", status=200): 1,
+        bare(backend=A, outcome="served", status=400): 1,
+        bare(backend=A, outcome="throttled", status=429): 1,
+        bare(backend=B, outcome="failed", status=503): 1,
+        bare(backend=B, outcome="failed"): 1,
+        bare(backend=C, outcome="abandoned"): 1,
     }
     assert exported.series(DURATION) == exported.series(ATTEMPTS)
     assert exported.total(DURATION, backend=A) == 0.875
     assert exported.total(DURATION, backend=B, outcome="failed") == 0.09375
-    assert exported.series(ACTIVE) == {at(backend=A): 0, at(backend=B): 0, at(backend=C): 0}
-    assert exported.series(THROTTLES) == {at(backend=A): 1}
+    assert exported.series(ACTIVE) == {bare(backend=A): 0, bare(backend=B): 0, bare(backend=C): 0}
+    assert exported.series(THROTTLES) == {bare(backend=A): 1}
     assert exported.series(FAILURES) == {
-        at(backend=B, cause="503"): 1,
-        at(backend=B, cause="ConnectError"): 1,
+        bare(backend=B, cause="503"): 1,
+        bare(backend=B, cause="ConnectError"): 1,
     }
-    assert exported.series(RECOVERIES) == {at(backend=B): 1}
-    assert exported.series(OWNERS_DISCOVERED) == {at(backend=C): 1}
+    assert exported.series(RECOVERIES) == {bare(backend=B): 1}
+    assert exported.series(OWNERS_DISCOVERED) == {bare(backend=C): 1}
     assert exported.series(COOLDOWN) == {
-        at(backend=A, reason="throttled"): 1,
-        at(backend=A, reason="exhausted"): 1,  # C's was recorded by the balancer that saw it
-        at(backend=B, reason="failed"): 2,
+        bare(backend=A, reason="throttled"): 1,
+        bare(backend=A, reason="exhausted"): 1,  # C's was recorded by the balancer that saw it
+        bare(backend=B, reason="failed"): 2,
     }
     assert exported.total(COOLDOWN, backend=B) == 6.0
     assert exported.total(COOLDOWN, backend=A, reason="exhausted") == 3.0
     assert exported.series(SET_ASIDES) == {
-        at(backend=A, reason="exhausted", shared=False): 1,
-        at(backend=C, reason="throttled", shared=True): 1,
+        bare(backend=A, reason="exhausted", shared=False): 1,
+        bare(backend=C, reason="throttled", shared=True): 1,
     }
     assert exported.series(WAITS) == {at(): 1}
     assert exported.total(WAIT_DURATION) == 1.5
@@ -497,7 +501,8 @@ def test_no_secret_reaches_the_metrics(
         for point in exported.points(name):
             assert point.attributes.get("backend", A) in ids
     dumped = exported.json + json.dumps([repr(e) for e in otel.events]) + repr(otel.metrics)
-    for secret in (SECRET, CALLER_KEY, "refused", "gpt-4o", "chat/completions", "api-version"):
+    # The deployment is an attribute as the caller names it: never the name a backend knows it by.
+    for secret in (SECRET, CALLER_KEY, "refused", "gpt-4o-secret", "chat/completions", "api-version"):
         assert secret not in dumped
 
 

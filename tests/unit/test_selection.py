@@ -87,7 +87,7 @@ def test_a_large_tier_tries_each_backend_once_before_the_next_tier() -> None:
 def test_a_large_tier_prefers_idle_backends() -> None:
     """With most of a large tier busy, the sampled pick lands on an idle one."""
     lb, hits = _balancer([Backend(f"b{i}.example", 1) for i in range(100)])
-    for state in lb._states[:90]:
+    for state in lb._lane("gpt-4o").states[:90]:  # the deployment CALLER_URL names
         state.in_flight = 5  # as if requests were out on them
     _send(lb, 1000)
     idle = {f"b{i}.example" for i in range(90, 100)}

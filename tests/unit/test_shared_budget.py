@@ -206,7 +206,7 @@ def test_what_is_left_of_a_wait_is_not_a_window(store: MemoryStateStore, clock: 
         state=store,
         max_wait_s=0,
     )
-    keys = [shared_key(b) for b in lb.backends]
+    keys = [shared_key(b) + "#deployment=gpt-4o" for b in lb.backends]  # the deployment CALLER_URL names
     store.set_aside(keys[0], SharedState(0.3, "throttled", 0))
     request = httpx.Request("POST", CALLER_URL, content=b"{}")
     assert lb.handle_request(request).status_code == 200  # b: a is set aside
@@ -281,7 +281,7 @@ async def test_a_cancelled_probe_lets_the_next_request_probe_at_once() -> None:
         return httpx.Response(200)
 
     lb = AsyncLoadBalancer([Backend("a.example", 1)], transport=httpx.MockTransport(handler), state=store)
-    keys = [shared_key(lb.backends[0])]
+    keys = [shared_key(lb.backends[0]) + "#deployment=gpt-4o"]  # the deployment CALLER_URL names
     task = asyncio.create_task(lb.handle_async_request(httpx.Request("POST", CALLER_URL, content=b"{}")))
     await asyncio.sleep(0.01)
     assert not store.reserve(keys, 0, [], 10.0).granted  # its probe is out
@@ -341,7 +341,7 @@ async def test_a_request_cancelled_in_a_store_call_after_its_answer_closes_it_an
         return lib.Response(status, headers=headers, stream=body)
 
     lb = AsyncLoadBalancer([Backend("a.example", 1)], transport=lib.MockTransport(handler), state=store)
-    keys = [shared_key(lb.backends[0])]
+    keys = [shared_key(lb.backends[0]) + "#deployment=gpt-4o"]  # the deployment CALLER_URL names
     request = lib.Request("POST", CALLER_URL, content=b"{}")
     task = asyncio.create_task(lb.handle_async_request(request))
     await asyncio.wait_for(store.entered.wait(), 5)

@@ -30,7 +30,9 @@ from openai_priority_loadbalancer import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-KEY_A = shared_key(Backend(A, 1))
+# The tests' requests name deployment gpt-4o (CALLER_URL): its state is kept under the backend's key
+# and the deployment's name.
+KEY_A = shared_key(Backend(A, 1)) + "#deployment=gpt-4o"
 
 
 def record_of(store: Any, key: str = KEY_A) -> SharedState | None:
@@ -222,7 +224,7 @@ def test_store_is_read_once_per_choice_and_written_on_change(
     make_lb: MakeLb, router: Any, lib: Any, clock: Any
 ) -> None:
     store = Recording(clock=clock)
-    keys = (KEY_A, shared_key(Backend(B, 2)))
+    keys = (KEY_A, shared_key(Backend(B, 2)) + "#deployment=gpt-4o")
     router.script(A, 200, (429, {"retry-after": "5"}), 500, 200)
     lb = make_lb([Backend(A, 1), Backend(B, 2)], state=store, failure_backoff_s=1)
     with lib.Client(transport=lb) as client:

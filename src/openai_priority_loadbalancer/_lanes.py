@@ -1,0 +1,123 @@
+"""Lanes: what the balancer knows of each backend, kept per deployment.
+
+Azure meters each deployment of a resource on its own (DESIGN 10): a chat deployment may be throttled
+while an embeddings deployment on the same endpoint has room. A *lane* is one deployment's view of
+every backend: a :class:`~._state.BackendState` per backend, and the :class:`~._choice.Choice` among
+them. Requests naming no deployment (files, a stored response's retrieval, ...) have a lane of their
+own, deployment None.
+
+What belongs to the deployment stays in its lane: 429s and their cooldowns, request and token
+budgets, the probe of an unknown budget, a deployment the backend lacks, and the counters. What
+belongs to the backend, its breaker (5xx, connection errors, a slow first byte), is applied to the
+backend in every lane (:meth:`Lanes.siblings`), and a lane made later starts with it.
+
+No I/O and no lock of its own: the balancer holds its lock around every change.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+from ._choice import Choice
+from ._state import BackendState
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._backend import Backend
+
+__all__ = ["MAX_LANES", "Lane", "Lanes", "deployment_key"]
+
+logger = logging.getLogger("openai-priority-loadbalancer")
+
+#: The most deployments a balancer keeps apart; requests for more share the lane of those naming none.
+MAX_LANES: Final = 64
+
+
+def deployment_key(key: str, deployment: str) -> str:
+    """The store key of ``deployment`` on the backend whose key is ``key``. ``%`` and ``#`` in the name
+    are escaped: a store's own keys add ``#`` suffixes (``#budget``), and must never meet a deployment's."""
+    return f"{key}#deployment={deployment.replace('%', '%25').replace('#', '%23')}"
+
+
+class Lane:
+    """One deployment's view of every backend, in configuration order."""
+
+    __slots__ = ("choice", "deployment", "keys", "missing", "states")
+
+    def __init__(self, deployment: str | None, backends: Sequence[Backend], keys: Sequence[str]) -> None:
+        self.deployment = deployment
+        #: The backends' names in a shared store for this deployment (empty without a store): the
+        #: backend's key, and for a deployment ``#deployment=`` and the name the backend knows it by.
+        self.keys = [
+            key
+            if deployment is None
+            else deployment_key(key, (b.deployments or {}).get(deployment, deployment))
+            for b, key in zip(backends, keys, strict=False)
+        ]
+        self.states = [
+            BackendState(b, i, deployment, self.keys[i] if self.keys else "") for i, b in enumerate(backends)
+        ]
+        self.choice = Choice(self.states)
+        #: True once some backend answered that it lacks the deployment (see BackendState.missing_until).
+        self.missing = False
+
+    def lacking(self, now: float) -> set[int]:
+        """The backends believed to lack the deployment now."""
+        return {s.index for s in self.states if s.missing_until > now}
+
+
+class Lanes:
+    """The lanes of one balancer: the one of requests naming no deployment, and one per deployment seen."""
+
+    __slots__ = ("_backends", "_keys", "by_deployment", "default")
+
+    def __init__(self, backends: Sequence[Backend], keys: Sequence[str]) -> None:
+        self._backends = backends
+        self._keys = keys
+        self.default = Lane(None, backends, keys)
+        self.by_deployment: dict[str | None, Lane] = {None: self.default}
+
+    def get(self, deployment: str | None) -> Lane:
+        """The lane of ``deployment``, made on first sight (the caller holds the balancer's lock)."""
+        lane = self.by_deployment.get(deployment)
+        if lane is not None:
+            return lane
+        if len(self.by_deployment) >= MAX_LANES:
+            logger.warning(
+                "more deployments than kept apart; this one shares the lane of requests naming none "
+                "deployment=%s max=%d",
+                deployment,
+                MAX_LANES,
+            )
+            self.by_deployment[deployment] = self.default
+            return self.default
+        lane = Lane(deployment, self._backends, self._keys)
+        for state in lane.states:  # a breaker open for the backend is open for its new deployment too
+            worst = max(self.siblings(state.index), key=lambda s: s.failures)
+            if worst.failures:
+                state.failures = worst.failures
+                state.cooling_until = worst.cooling_until
+                state.cooling_reason = worst.cooling_reason
+        self.by_deployment[deployment] = lane
+        return lane
+
+    def siblings(self, index: int) -> list[BackendState]:
+        """The states of backend ``index`` in every lane (once each)."""
+        seen: dict[int, BackendState] = {}
+        for lane in self.by_deployment.values():
+            state = lane.states[index]
+            seen.setdefault(id(state), state)
+        return list(seen.values())
+
+    def rows(self) -> list[BackendState]:
+        """The states stats show, backend by backend in configuration order: one per deployment seen,
+        and one for requests naming none if there were some (or no deployment was seen)."""
+        lanes: list[Lane] = []
+        for lane in self.by_deployment.values():
+            if lane not in lanes and lane is not self.default:
+                lanes.append(lane)
+        if not lanes or any(s.requests or s.in_flight for s in self.default.states):
+            lanes.insert(0, self.default)
+        return [lane.states[i] for i in range(len(self._backends)) for lane in lanes]
