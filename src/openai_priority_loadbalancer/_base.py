@@ -14,6 +14,7 @@ objects (``_affinity``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import random
@@ -201,6 +202,7 @@ class BaseLoadBalancer:
             failure_backoff_s=float(failure_backoff_s),
             failure_backoff_max_s=float(failure_backoff_max_s),
             missing_deployment_s=float(missing_deployment_s),
+            store_takes_cost=self._budgets is None or _takes_cost(self._budgets),
         )
         self._url_cache: UrlCache = {}
         self._affinity = _affinity.Affinity.build(
@@ -236,6 +238,7 @@ class BaseLoadBalancer:
         deadline: float | None = None  # set when the request first finds no backend
         awaiting_probe = False  # a backend was refused while another balancer's probe of it is out
         shared_hold_until = -math.inf  # the latest such a probe holds this request back
+        tokens_free_at = math.inf  # the soonest a shared token budget too short for this request ends
         emit = self._on_event
         ledger = self._ledger
         loads = self._store is not None and self._budgets is None
@@ -278,12 +281,22 @@ class BaseLoadBalancer:
                 if deadline is None:
                     deadline = now + wait_budget(request, self._max_wait_s)
                 delay = next_chance(waiting_for, self._lock, now, awaiting_probe)
+                if tokens_free_at < math.inf:  # passed over for tokens, not set aside: wait for them too
+                    delay = max(delay, _soonest(waiting_for, self._lock, now, tokens_free_at) - now)
                 if now + delay > deadline:
                     # Never a 429 only because a probe is out: it holds the others for a round trip at most.
                     held = max(probe_release(waiting_for, self._lock, now), shared_hold_until)
                     if held <= now:
                         refusal, wait_s = synthesize_429(
-                            lib, request, now, attempts, waiting_for, self._lock, len(states), pin
+                            lib,
+                            request,
+                            now,
+                            attempts,
+                            waiting_for,
+                            self._lock,
+                            len(states),
+                            pin,
+                            tokens_free_at,
                         )
                         if emit is not None:
                             self._emit(ExhaustedEvent(self._wall_clock(), wait_s, len(attempts)))
@@ -295,20 +308,29 @@ class BaseLoadBalancer:
                     self._emit(WaitedEvent(self._wall_clock(), self._clock() - now))
                 tried.clear()
                 awaiting_probe = False
+                tokens_free_at = math.inf
                 continue
             tried.add(state.index)
             backend = state.backend
             shared_probe = False
             if self._budgets is not None:
                 try:
-                    reservation = yield (SHARE, ("reserve", ledger.book.reserve_args(state, lane.keys, now)))
+                    reservation = yield (
+                        SHARE,
+                        ("reserve", ledger.book.reserve_args(state, lane.keys, now, cost)),
+                    )
                 except BaseException:
                     ledger.unchoose(state, probe, None, now)
                     raise
                 if reservation is not None:  # None: the store failed, and local state decides
                     ledger.merge_shared(reservation.records, lane)
                     if not reservation.granted:
-                        ledger.unchoose(state, probe, reservation.wait_s, now)
+                        # Short of tokens for this request only: the backend is not set aside for others.
+                        refused_for = None if reservation.short_of_tokens else reservation.wait_s
+                        ledger.unchoose(state, probe, refused_for, now)
+                        if reservation.short_of_tokens:
+                            tokens_free_at = min(tokens_free_at, now + reservation.wait_s)
+                            continue
                         if not reservation.wait_s:  # another balancer's probe is out
                             awaiting_probe = True
                             if shared_hold_until == -math.inf:
@@ -461,6 +483,22 @@ class BaseLoadBalancer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _soonest(states: Sequence[BackendState], lock: threading.Lock, now: float, other: float) -> float:
+    """The soonest of ``other`` and the end of a cooldown of ``states`` still running."""
+    with lock:
+        return min([s.cooling_until for s in states if s.cooling_until > now] + [other])
+
+
+def _takes_cost(store: BudgetStore) -> bool:
+    """Whether ``store.reserve`` takes a fifth argument, the request's token cost (a store written
+    before token budgets were shared takes four)."""
+    try:
+        parameters = inspect.signature(store.reserve).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: assume the protocol as it is
+        return True
+    return len(parameters) >= 5 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
 
 
 def _validated(backends: Iterable[Backend]) -> list[Backend]:

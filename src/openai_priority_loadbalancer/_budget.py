@@ -27,9 +27,9 @@ ADMISSION_DELAY_S: Final = 0.05
 # window Azure OpenAI meters requests over. Too short costs a 429 (whose wait then teaches the window).
 _FIRST_WINDOW_GUESS_S: Final = 1.0
 
-#: A budget report waiting to reach the store: remaining, the window's reset (monotonic), limit, and
-#: whether the reset is an estimate (the backend named none).
-Pending = tuple[int | None, float, int | None, bool]
+#: A budget report waiting to reach the store: remaining requests, the window's reset (monotonic),
+#: limit, whether the reset is an estimate (the backend named none), and the tokens believed left.
+Pending = tuple[int | None, float, int | None, bool, int | None]
 
 
 class Budgets:
@@ -41,6 +41,8 @@ class Budgets:
         rate_limit: reads an answer's rate-limit headers with the balancer's clock and bounds.
         set_aside: sets a backend aside: (state, now, seconds, reason, cause).
         lock: the balancer's lock, taken to swap the pending reports.
+        takes_cost: whether the store's ``reserve`` takes a request's token cost (a store written
+            before token budgets were shared does not: it is given the four arguments it knows).
     """
 
     def __init__(
@@ -51,7 +53,9 @@ class Budgets:
         rate_limit: Callable[[Any], RateLimitInfo],
         set_aside: Callable[[BackendState, float, float, str, object], None],
         lock: threading.Lock,
+        takes_cost: bool = True,
     ) -> None:
+        self._takes_cost = takes_cost
         self._sharing = sharing
         self._default_cooldown_s = default_cooldown_s
         self._rate_limit = rate_limit
@@ -71,9 +75,15 @@ class Budgets:
         return min(window, self._default_cooldown_s)
 
     def report(
-        self, state: BackendState, headers: Any, info: RateLimitInfo | None, admitted: float, remaining: int
+        self,
+        state: BackendState,
+        headers: Any,
+        info: RateLimitInfo | None,
+        admitted: float,
+        remaining: int | None,
     ) -> Pending:
-        """A pending budget report (remaining, reset time, limit, estimated) from a success's headers.
+        """A pending budget report (see ``Pending``) from a success's headers, after :meth:`note`
+        recorded it: the tokens are those it left believed (net of the attempts in flight).
 
         When the backend names no reset, the window is estimated to end one window (as long as the
         backend's answers have shown, see :meth:`window_s`) after this attempt was admitted. The store
@@ -84,8 +94,8 @@ class Budgets:
             info = self._rate_limit(headers)
         limit = int_header(headers, LIMIT_REQUESTS, None)
         if info.reset_requests_s is not None:
-            return remaining, admitted + info.reset_requests_s, limit, False
-        return remaining, admitted + self.window_s(state), limit, True
+            return remaining, admitted + info.reset_requests_s, limit, False, state.remaining_tokens
+        return remaining, admitted + self.window_s(state), limit, True, state.remaining_tokens
 
     def note(
         self,
@@ -169,18 +179,22 @@ class Budgets:
             return reset, remaining_requests, remaining_tokens
         return None
 
-    def reserve_args(self, state: BackendState, keys: list[str], now: float) -> tuple[Any, ...]:
+    def reserve_args(
+        self, state: BackendState, keys: list[str], now: float, cost: int = 0
+    ) -> tuple[Any, ...]:
         """Arguments of ``BudgetStore.reserve`` for ``state``'s backend (``keys``: its lane's), with the
-        budget reports pending."""
+        budget reports pending and the request's token ``cost``."""
         with self._lock:
             pending, self.pending = self.pending, {}
             # The window's probe (if this is it) holds the other balancers back as long as it does ours.
             hold = state.probe_hold_s()
         reports = [
-            BudgetReport(key, remaining, reset_at - now, limit, estimated)
-            for key, (remaining, reset_at, limit, estimated) in pending.items()
+            BudgetReport(key, remaining, reset_at - now, limit, estimated, tokens)
+            for key, (remaining, reset_at, limit, estimated, tokens) in pending.items()
             if reset_at > now  # a report of a window that has ended since says nothing of this one
         ]
+        if self._takes_cost:
+            return (keys, state.index, reports, hold, cost)
         return (keys, state.index, reports, hold)
 
     def probe_report(self, state: BackendState, now: float) -> list[BudgetReport]:
@@ -191,8 +205,8 @@ class Budgets:
         key = state.key
         if pending is None or pending[1] <= now:
             return [BudgetReport(key, 0, 0.0, None)]  # reset_s 0: forget the counter
-        remaining, reset_at, limit, estimated = pending
-        return [BudgetReport(key, remaining, reset_at - now, limit, estimated)]
+        remaining, reset_at, limit, estimated, tokens = pending
+        return [BudgetReport(key, remaining, reset_at - now, limit, estimated, tokens)]
 
 
 def int_header(headers: Any, names: tuple[str, ...], default: int | None) -> int | None:

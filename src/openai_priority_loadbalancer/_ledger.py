@@ -71,6 +71,7 @@ class Ledger:
         sharing: "" without a state store, "state" with one, "budgets" with a ``BudgetStore``.
         default_cooldown_s, max_cooldown_s, failure_backoff_s, failure_backoff_max_s,
         missing_deployment_s: the balancer's options of those names.
+        store_takes_cost: whether the budget store's ``reserve`` takes a request's token cost.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class Ledger:
         failure_backoff_s: float,
         failure_backoff_max_s: float,
         missing_deployment_s: float,
+        store_takes_cost: bool = True,
     ) -> None:
         self._lanes = lanes
         self._lock = lock
@@ -106,6 +108,7 @@ class Ledger:
             rate_limit=self.rate_limit,
             set_aside=self.set_aside,
             lock=lock,
+            takes_cost=store_takes_cost,
         )
 
     # ------------------------------------------------------------------ answers
@@ -152,7 +155,8 @@ class Ledger:
                 state.limit_requests = int_header(headers, LIMIT_REQUESTS, state.limit_requests)
                 state.refill(state.cooling_until + self._default_cooldown_s)
                 if self._budgets:
-                    self.book.pending[state.key] = (0, now + cooldown, state.limit_requests, False)
+                    report = (0, now + cooldown, state.limit_requests, False, info.remaining_tokens)
+                    self.book.pending[state.key] = report
                 keep = False
                 event: Event = ThrottledEvent(
                     self._wall_clock(), state.backend.id, cooldown, now - started, state.deployment
@@ -180,6 +184,7 @@ class Ledger:
                     # after it was sent: half the answer's time, and no more than ADMISSION_DELAY_S.
                     admitted = started + min((now - started) / 2, ADMISSION_DELAY_S)
                     remaining = read_count(requests_name, requests_left)
+                    tokens = read_count(tokens_name, tokens_left)
                     # Sharing budgets needs every answer's reset; otherwise it is read only when needed.
                     whole = self.rate_limit(headers) if self._budgets else None
                     spent = self.book.note(
@@ -188,7 +193,7 @@ class Ledger:
                         headers,
                         admitted,
                         remaining,
-                        read_count(tokens_name, tokens_left),
+                        tokens,
                         whole,
                         cost,
                     )
@@ -196,7 +201,7 @@ class Ledger:
                         spent_s = state.cooling_until - now
                         if shares is not None:
                             shares.append(self.record(state, "exhausted", *spent))
-                    if self._budgets and remaining is not None:
+                    if self._budgets and (remaining is not None or tokens is not None):
                         self.book.pending[state.key] = self.book.report(
                             state, headers, whole, admitted, remaining
                         )
@@ -204,7 +209,7 @@ class Ledger:
                     # It took a request and says nothing of its budget: no belief that it is spent survives.
                     state.forget_budget()
                     if self._budgets:
-                        self.book.pending[state.key] = (None, now + UNMETERED_S, None, False)
+                        self.book.pending[state.key] = (None, now + UNMETERED_S, None, False, None)
                 if self._emit is not None:
                     event = ServedEvent(
                         self._wall_clock(), state.backend.id, status, now - started, state.deployment

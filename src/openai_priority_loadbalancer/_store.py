@@ -114,6 +114,9 @@ class Reservation:
     """Refused: seconds until asking again is worth it (0: soon; another balancer's probe is out)."""
     records: Sequence[SharedState | None]
     """Every key's record, as :meth:`StateStore.load` returns them, read in the same step."""
+    short_of_tokens: bool = False
+    """Refused because the backend's token counter cannot fit this request's cost: a smaller request
+    may still be granted, so the backend is not set aside for the others."""
 
 
 @runtime_checkable
@@ -352,7 +355,7 @@ class MemoryStateStore:
             if tokens is not None and tokens[0] <= now:
                 tokens = None
             if tokens is not None and tokens[1] < cost:
-                return Reservation(False, False, tokens[0] - now, records)
+                return Reservation(False, False, tokens[0] - now, records, True)
             result = self._take(key, now, probe_ttl_s, records)
             if result.granted and tokens is not None:
                 self._tokens[key] = (tokens[0], tokens[1] - cost)

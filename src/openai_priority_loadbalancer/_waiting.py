@@ -78,11 +78,15 @@ def synthesize_429(
     lock: threading.Lock,
     backends: int,
     pin: Pin | None = None,
+    tokens_free_at: float = math.inf,
 ) -> tuple[Response, float]:
     """The 429 returned when none of ``states`` (of ``backends`` in all) can take the request now,
-    naming the soonest moment one can; and that wait, in seconds."""
+    naming the soonest moment one can (``tokens_free_at``: when a shared token budget too short for it
+    ends, if that is all that stands in the way); and that wait, in seconds."""
     with lock:
         soonest = min(s.cooling_until for s in states)
+    if soonest <= now and tokens_free_at < math.inf:
+        soonest = tokens_free_at
     # Rounded to the microsecond first, so float noise (3.2000000001 s) is not rounded up a whole unit.
     wait_s = round(max(soonest - now, _MIN_RETRY_AFTER_S), 6)
     logger.warning("all backends unavailable backends=%d retry_after_s=%.3f", backends, wait_s)

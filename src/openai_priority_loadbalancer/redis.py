@@ -230,8 +230,9 @@ end
 # Applies the reports, reads every record and takes one request from the chosen backend's counter. With
 # a cost and a live token counter: refused (until that counter expires) when it holds less than the
 # cost, else lowered by it when the request is granted. A refusal takes nothing.
-# Returns the server's TIME (seconds, microseconds), the verdict (0 refused, 1 granted, 2 granted as the
-# window's probe), the wait when refused (µs), then each record (nil where none).
+# Returns the server's TIME (seconds, microseconds), the verdict (0 refused, -1 refused for its tokens
+# only, 1 granted, 2 granted as the window's probe), the wait when refused (µs), then each record (nil
+# where none).
 _RESERVE: Final = (
     "if redis.replicate_commands then redis.replicate_commands() end\n"
     + _APPLY
@@ -258,6 +259,7 @@ local tokenkey, cost, have = KEYS[n + 3], tonumber(ARGV[4]), nil
 if cost > 0 then
   have = tonumber(redis.call('GET', tokenkey))
   if have and have < cost then
+    out[3] = -1  -- refused for its tokens only: a smaller request may fit
     out[4] = math.max(redis.call('PTTL', tokenkey), 1) * 1000  -- never 0: that means a probe is out
     return out
   end
@@ -1126,7 +1128,8 @@ def _add_reports(
 
 def _parse_reservation(reply: Any, count: int) -> Reservation:
     verdict, wait_us = int(reply[2]), int(reply[3])
-    return Reservation(verdict != 0, verdict == 2, wait_us / 1_000_000, _parse_load(reply, count, 2))
+    records = _parse_load(reply, count, 2)
+    return Reservation(verdict > 0, verdict == 2, wait_us / 1_000_000, records, verdict == -1)
 
 
 def _local(count: int) -> Reservation:

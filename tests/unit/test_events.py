@@ -536,7 +536,7 @@ def test_a_spent_budget_is_a_set_aside_event_after_the_answer(make_lb: MakeLb, r
         post(client)
         post(client)
     assert rec.trace() == [("attempt", A), ("served", A), ("set_aside", A), ("attempt", B), ("served", B)]
-    assert rec.of("set_aside") == [SetAsideEvent(WALL_NOW, A, "exhausted", 4.0, False)]
+    assert rec.of("set_aside") == [SetAsideEvent(WALL_NOW, A, "exhausted", 4.0, False, "gpt-4o")]
     assert_paired(rec.events)
 
 

@@ -303,7 +303,7 @@ def test_a_set_aside_learned_from_the_store_is_one_event(
         for _ in range(3):
             assert post(two).json() == {"host": B}
     set_asides = [e for e in events if e.kind == "set_aside"]
-    assert set_asides == [SetAsideEvent(WALL_NOW, A, reason, cooldown_s, True)]  # type: ignore[arg-type]
+    assert set_asides == [SetAsideEvent(WALL_NOW, A, reason, cooldown_s, True, "gpt-4o")]  # type: ignore[arg-type]
     assert events[0] == set_asides[0]  # before lb2's first attempt
 
 
@@ -317,7 +317,7 @@ def test_a_refusal_of_the_shared_budget_is_a_set_aside_event(
     with lib.Client(transport=lb) as client:
         assert post(client).json() == {"host": B}
     assert [(e.kind, e.backend) for e in events] == [("set_aside", A), ("attempt", B), ("served", B)]
-    assert events[0] == SetAsideEvent(WALL_NOW, A, "exhausted", 5.0, True)
+    assert events[0] == SetAsideEvent(WALL_NOW, A, "exhausted", 5.0, True, "gpt-4o")
     assert router.hosts == [B]
 
 
