@@ -45,7 +45,7 @@ from ._routing import EXTENSION, Attempt, Routing
 from ._state import PROBE_HOLD_MAX_S, BackendState
 from ._stats import BackendStats, Stats, snapshot
 from ._store import BudgetStore, StateStore, shared_key
-from ._waiting import MIN_WAIT_S, next_chance, probe_release, synthesize_429, wait_budget
+from ._waiting import MIN_WAIT_S, next_chance, probe_release, soonest_free, synthesize_429, wait_budget
 
 if TYPE_CHECKING:
     from ._affinity import Pin
@@ -249,40 +249,40 @@ class BaseLoadBalancer:
         states = lane.states
         # A request naming a stored object goes only where the object is (see _affinity).
         pin: Pin | None = self._affinity.examine(request) if self._affinity is not None else None
+        bound = pin is not None and pin.bound  # it names an object: only its backend may answer
         if pin is not None and (lookup := pin.lookup()) is not None:
             pin.adopt((yield (SHARE, lookup)))
         # A streamed request's first-byte deadline: None for a request naming a stored object (only the
         # backend holding it can answer).
         first_byte_s = request.extensions.get(FIRST_BYTE_TIMEOUT, self._first_byte_s)
-        first_byte = (
-            None
-            if first_byte_s is None or (pin is not None and pin.bound)
-            else first_byte_limit(request, first_byte_s)
-        )
+        first_byte = None if first_byte_s is None or bound else first_byte_limit(request, first_byte_s)
         # What the request costs in tokens, as Azure estimates it (embeddings generate none).
         cost = estimate_cost(content, generates=b"/embeddings" not in raw_path)
         while True:
             if loads:
-                ledger.merge_shared((yield (SHARE, ("load", (lane.keys,)))), lane)
+                ledger.merge_shared((yield (SHARE, ("load", (lane.shared_keys,)))), lane)
             now = self._clock()
             if pin is not None:
                 tried |= pin.excluded(len(states))
-            skip = tried
-            if lane.missing and pin is None:
+            skip, candidates = tried, states
+            if lane.missing and not bound:
                 missing = lane.lacking(now)
                 # Lacking everywhere: tried anyway, and the first 404 goes to the caller.
                 if missing and len(missing) < len(states):
                     skip = tried | missing
+                    candidates = [s for s in states if s.index not in missing]
             with self._lock:
                 state, probe, seq = lane.choice.choose(now, skip, self._random, cost)
+                if probe and state is not None and state.failures:
+                    self._lanes.hold_probe(state)  # one breaker probe for all of the backend's deployments
             if state is None:
-                among = pin.among(states) if pin is not None else None
-                waiting_for = among or states
+                # What it may wait for: the object's backend, else those not lacking the deployment.
+                waiting_for = (pin.among(states) if pin is not None else None) or candidates
                 if deadline is None:
                     deadline = now + wait_budget(request, self._max_wait_s)
                 delay = next_chance(waiting_for, self._lock, now, awaiting_probe)
                 if tokens_free_at < math.inf:  # passed over for tokens, not set aside: wait for them too
-                    delay = max(delay, _soonest(waiting_for, self._lock, now, tokens_free_at) - now)
+                    delay = max(delay, soonest_free(waiting_for, self._lock, now, tokens_free_at) - now)
                 if now + delay > deadline:
                     # Never a 429 only because a probe is out: it holds the others for a round trip at most.
                     held = max(probe_release(waiting_for, self._lock, now), shared_hold_until)
@@ -317,13 +317,19 @@ class BaseLoadBalancer:
                 try:
                     reservation = yield (
                         SHARE,
-                        ("reserve", ledger.book.reserve_args(state, lane.keys, now, cost)),
+                        ("reserve", ledger.book.reserve_args(state, lane.shared_keys, now, cost)),
                     )
                 except BaseException:
                     ledger.unchoose(state, probe, None, now)
                     raise
                 if reservation is not None:  # None: the store failed, and local state decides
                     ledger.merge_shared(reservation.records, lane)
+                    if reservation.granted and now < state.cooling_until:
+                        # Granted for the deployment, but another process saw the backend down.
+                        ledger.unchoose(state, probe, None, now)
+                        if reservation.probe:
+                            yield self._end_probe(state)
+                        continue
                     if not reservation.granted:
                         # Short of tokens for this request only: the backend is not set aside for others.
                         refused_for = None if reservation.short_of_tokens else reservation.wait_s
@@ -409,7 +415,7 @@ class BaseLoadBalancer:
                 keep = pin.judge(state, response, keep)
                 if keep and (learned := pin.served(state, response, lib)) is not None:
                     yield from self._settle(state, False, [learned], response)
-            elif keep and response.status_code == 404 and lane.deployment is not None:
+            if keep and response.status_code == 404 and lane.deployment is not None and not bound:
                 # Only Azure's body tells a missing deployment from another 404: a short error body,
                 # read here (the caller still gets all of it) and only on a 404.
                 try:
@@ -483,12 +489,6 @@ class BaseLoadBalancer:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _soonest(states: Sequence[BackendState], lock: threading.Lock, now: float, other: float) -> float:
-    """The soonest of ``other`` and the end of a cooldown of ``states`` still running."""
-    with lock:
-        return min([s.cooling_until for s in states if s.cooling_until > now] + [other])
 
 
 def _takes_cost(store: BudgetStore) -> bool:

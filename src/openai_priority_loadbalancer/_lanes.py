@@ -31,7 +31,8 @@ __all__ = ["MAX_LANES", "Lane", "Lanes", "deployment_key"]
 
 logger = logging.getLogger("openai-priority-loadbalancer")
 
-#: The most deployments a balancer keeps apart; requests for more share the lane of those naming none.
+#: The most lanes a balancer keeps (the one of requests naming no deployment included); requests for
+#: more deployments share that one, which is not a name for each (the names are the callers').
 MAX_LANES: Final = 64
 
 
@@ -44,7 +45,7 @@ def deployment_key(key: str, deployment: str) -> str:
 class Lane:
     """One deployment's view of every backend, in configuration order."""
 
-    __slots__ = ("choice", "deployment", "keys", "missing", "states")
+    __slots__ = ("choice", "deployment", "keys", "missing", "shared_keys", "states")
 
     def __init__(self, deployment: str | None, backends: Sequence[Backend], keys: Sequence[str]) -> None:
         self.deployment = deployment
@@ -59,6 +60,9 @@ class Lane:
         self.states = [
             BackendState(b, i, deployment, self.keys[i] if self.keys else "") for i, b in enumerate(backends)
         ]
+        #: What the lane reads from a store: its own keys, then (for a deployment) the backends' own,
+        #: under which their breakers are shared.
+        self.shared_keys = self.keys if deployment is None else [*self.keys, *keys]
         self.choice = Choice(self.states)
         #: True once some backend answered that it lacks the deployment (see BackendState.missing_until).
         self.missing = False
@@ -71,11 +75,12 @@ class Lane:
 class Lanes:
     """The lanes of one balancer: the one of requests naming no deployment, and one per deployment seen."""
 
-    __slots__ = ("_backends", "_keys", "by_deployment", "default")
+    __slots__ = ("_backends", "_full", "_keys", "by_deployment", "default")
 
     def __init__(self, backends: Sequence[Backend], keys: Sequence[str]) -> None:
         self._backends = backends
         self._keys = keys
+        self._full = False  # warned that there are more deployments than are kept apart
         self.default = Lane(None, backends, keys)
         self.by_deployment: dict[str | None, Lane] = {None: self.default}
 
@@ -85,13 +90,14 @@ class Lanes:
         if lane is not None:
             return lane
         if len(self.by_deployment) >= MAX_LANES:
-            logger.warning(
-                "more deployments than kept apart; this one shares the lane of requests naming none "
-                "deployment=%s max=%d",
-                deployment,
-                MAX_LANES,
-            )
-            self.by_deployment[deployment] = self.default
+            if not self._full:  # the names are the callers': not one entry or one log line each
+                self._full = True
+                logger.warning(
+                    "more deployments than kept apart; the others share the lane of requests naming "
+                    "none deployment=%s max=%d",
+                    deployment,
+                    MAX_LANES,
+                )
             return self.default
         lane = Lane(deployment, self._backends, self._keys)
         for state in lane.states:  # a breaker open for the backend is open for its new deployment too
@@ -99,25 +105,29 @@ class Lanes:
             if worst.failures:
                 state.failures = worst.failures
                 state.cooling_until = worst.cooling_until
-                state.cooling_reason = worst.cooling_reason
+                state.cooling_reason = "failed"
+                state.probing = any(s.probing for s in self.siblings(state.index))  # its probe is out
         self.by_deployment[deployment] = lane
         return lane
 
+    def backend_key(self, index: int) -> str:
+        """The store key of backend ``index`` itself: its breaker is shared under it."""
+        return self._keys[index]
+
+    def hold_probe(self, state: BackendState) -> None:
+        """``state``'s attempt is its backend's breaker probe: the backend's other deployments wait
+        for it too (one probe per backend, not one per deployment)."""
+        for s in self.siblings(state.index):
+            s.probing = True
+
     def siblings(self, index: int) -> list[BackendState]:
-        """The states of backend ``index`` in every lane (once each)."""
-        seen: dict[int, BackendState] = {}
-        for lane in self.by_deployment.values():
-            state = lane.states[index]
-            seen.setdefault(id(state), state)
-        return list(seen.values())
+        """The states of backend ``index`` in every lane."""
+        return [lane.states[index] for lane in self.by_deployment.values()]
 
     def rows(self) -> list[BackendState]:
         """The states stats show, backend by backend in configuration order: one per deployment seen,
         and one for requests naming none if there were some (or no deployment was seen)."""
-        lanes: list[Lane] = []
-        for lane in self.by_deployment.values():
-            if lane not in lanes and lane is not self.default:
-                lanes.append(lane)
+        lanes = [lane for lane in self.by_deployment.values() if lane is not self.default]
         if not lanes or any(s.requests or s.in_flight for s in self.default.states):
             lanes.insert(0, self.default)
         return [lane.states[i] for i in range(len(self._backends)) for lane in lanes]

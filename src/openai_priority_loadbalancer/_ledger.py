@@ -125,7 +125,7 @@ class Ledger:
         spent_s: float | None = None  # how long the backend is set aside because its budget is spent
         shares: list[Share] | None = [] if self._stores else None
         with self._lock:
-            state.end_attempt(probe)
+            self._ended(state, probe)
             state.probe_first = False
             state.add_latency(now - started)
             if state.failures and status not in _RETRY_STATUSES:
@@ -136,8 +136,8 @@ class Ledger:
                     s.failures = 0
                     if s is not state and s.cooling_reason == "failed" and s.cooling_until > now:
                         s.cooling_until = now  # its other deployments need not wait out the breaker
-                    if shares is not None and (s is state or s.sent):
-                        shares.append(("clear_failure", (s.key,)))
+                if shares is not None:
+                    shares.append(("clear_failure", (self._lanes.backend_key(state.index),)))
             if status == 429:
                 state.throttled += 1
                 info = self.rate_limit(headers)
@@ -268,7 +268,7 @@ class Ledger:
         shares: list[Share] | None = [] if self._stores else None
         what = type(exc).__name__ if cause is None else cause
         with self._lock:
-            state.end_attempt(probe)
+            self._ended(state, probe)
             state.probe_first = False
             if cause == SLOW:
                 state.slow += 1
@@ -292,12 +292,16 @@ class Ledger:
         failures = state.failures + 1
         backoff = min(self._backoff_s * 2.0 ** min(failures - 1, 62), self._backoff_max_s)
         cooldown = max(backoff, retry_after)
+        state.failures = failures
+        state.reported = None
+        self.set_aside(state, now, cooldown, "failed", what)
         for s in self._lanes.siblings(state.index):
             s.failures = max(s.failures, failures)
-            s.reported = None
-            self.set_aside(s, now, cooldown, "failed", what, log=s is state)
-            if shares is not None and (s is state or s.sent):  # shared for the deployments it serves
-                shares.append(self.record(s, "failed", cooldown))
+            if s is not state and now + cooldown > s.cooling_until:  # a longer 429 of its own stays
+                s.cooling_until, s.cooling_reason, s.reported = now + cooldown, "failed", None
+        if shares is not None:  # under the backend's own key: every deployment, in every process
+            shared = SharedState(cooldown, "failed", failures)
+            shares.append(("set_aside", (self._lanes.backend_key(state.index), shared)))
         return FailedEvent(
             self._wall_clock(), state.backend.id, what, failures, cooldown, now - started, state.deployment
         )
@@ -305,7 +309,7 @@ class Ledger:
     def release(self, state: BackendState, probe: bool, started: float) -> None:
         """Undo the in-flight count of an attempt that ended for a reason that is not the backend's."""
         with self._lock:
-            state.end_attempt(probe)
+            self._ended(state, probe)
         if self._emit is not None:
             self._emit(
                 AbandonedEvent(
@@ -317,7 +321,7 @@ class Ledger:
         """Undo a choice the shared budget refused (or that was cancelled before it was sent)."""
         wait_s = wait_s or 0.0
         with self._lock:
-            state.end_attempt(probe)
+            self._ended(state, probe)
             state.requests -= 1
             set_aside = wait_s > 0 and now + wait_s > state.cooling_until  # else a shared record did
             if set_aside:
@@ -328,6 +332,14 @@ class Ledger:
                     self._wall_clock(), state.backend.id, "exhausted", wait_s, True, state.deployment
                 )
             )
+
+    def _ended(self, state: BackendState, probe: bool) -> None:
+        """``state``'s attempt is no longer in flight; a breaker's probe is back for every deployment
+        (caller holds the lock)."""
+        state.end_attempt(probe)
+        if probe and state.failures:
+            for s in self._lanes.siblings(state.index):
+                s.probing = False
 
     def set_aside(
         self, state: BackendState, now: float, seconds: float, reason: str, what: object, log: bool = True
@@ -366,14 +378,20 @@ class Ledger:
     # ------------------------------------------------------------------ what other balancers shared
 
     def merge_shared(self, records: Sequence[SharedState | None] | None, lane: Lane) -> None:
-        """Adopt what other balancers shared of ``lane``'s backends: a later deadline, and an open
-        breaker's failure count."""
+        """Adopt what other balancers shared of ``lane``'s backends (``records`` of its
+        ``shared_keys``): a later deadline, and an open breaker's failure count."""
         if not records:
             return
         now = self._clock()
         adopted: list[SetAsideEvent] = []
+        n = len(lane.states)
+        pairs = list(zip(lane.states, records[:n], strict=False))
+        if len(records) > n:  # then the backends' own records: of those, their open breakers
+            pairs += [
+                (s, r) for s, r in zip(lane.states, records[n:], strict=False) if r and r.reason == "failed"
+            ]
         with self._lock:
-            for state, record in zip(lane.states, records, strict=False):
+            for state, record in pairs:
                 if record is None or record.cooling_s <= 0:
                     continue
                 if record.reason == "throttled":  # what is left of a wait another balancer was told

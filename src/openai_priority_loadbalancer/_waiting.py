@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._http import HttpLib, Request, Response
     from ._state import BackendState
 
-__all__ = ["PROBE_POLL_S", "next_chance", "probe_release", "synthesize_429", "wait_budget"]
+__all__ = ["PROBE_POLL_S", "next_chance", "probe_release", "soonest_free", "synthesize_429", "wait_budget"]
 
 logger = logging.getLogger("openai-priority-loadbalancer")
 
@@ -69,6 +69,12 @@ def probe_release(states: Sequence[BackendState], lock: threading.Lock, now: flo
     return soonest if soonest < math.inf else -math.inf
 
 
+def soonest_free(states: Sequence[BackendState], lock: threading.Lock, now: float, other: float) -> float:
+    """The soonest of ``other`` and the end of a cooldown of ``states`` still running."""
+    with lock:
+        return min([s.cooling_until for s in states if s.cooling_until > now] + [other])
+
+
 def synthesize_429(
     lib: HttpLib,
     request: Request,
@@ -83,10 +89,11 @@ def synthesize_429(
     """The 429 returned when none of ``states`` (of ``backends`` in all) can take the request now,
     naming the soonest moment one can (``tokens_free_at``: when a shared token budget too short for it
     ends, if that is all that stands in the way); and that wait, in seconds."""
-    with lock:
-        soonest = min(s.cooling_until for s in states)
-    if soonest <= now and tokens_free_at < math.inf:
-        soonest = tokens_free_at
+    if tokens_free_at < math.inf:
+        soonest = soonest_free(states, lock, now, tokens_free_at)
+    else:
+        with lock:
+            soonest = min(s.cooling_until for s in states)
     # Rounded to the microsecond first, so float noise (3.2000000001 s) is not rounded up a whole unit.
     wait_s = round(max(soonest - now, _MIN_RETRY_AFTER_S), 6)
     logger.warning("all backends unavailable backends=%d retry_after_s=%.3f", backends, wait_s)

@@ -11,7 +11,7 @@ from _unit_support import LOGGER, A, B, MakeLb, post, stats_by_id
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from openai_priority_loadbalancer import Backend, MemoryStateStore, shared_key
+from openai_priority_loadbalancer import Backend, MemoryStateStore, SharedState, shared_key
 from openai_priority_loadbalancer._lanes import MAX_LANES, deployment_key
 from openai_priority_loadbalancer.otel import OpenTelemetryMetrics
 
@@ -137,20 +137,6 @@ def test_a_deployment_key_never_meets_a_stores_own_suffixes() -> None:
     assert deployment_key("https://a:443", "50%") == "https://a:443#deployment=50%25"
 
 
-def test_deployments_past_the_limit_share_one_lane(
-    make_lb: MakeLb, router: Any, client_for: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    lb = make_lb([Backend(A, 1)])
-    client = client_for(lb)
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        for i in range(MAX_LANES + 3):
-            assert post(client, URL.format(f"d{i}")).status_code == 200
-    assert len(lb._lanes.by_deployment) == MAX_LANES + 4  # and None; the extra names share one lane
-    assert len({id(lane) for lane in lb._lanes.by_deployment.values()}) == MAX_LANES
-    assert sum("more deployments than kept apart" in r.getMessage() for r in caplog.records) == 4
-    assert sum(s.requests for s in lb.stats()) == MAX_LANES + 3
-
-
 def test_events_and_metrics_name_the_deployment(make_lb: MakeLb, router: Any, client_for: Any) -> None:
     reader = InMemoryMetricReader()
     metrics = OpenTelemetryMetrics(MeterProvider(metric_readers=[reader]))
@@ -186,3 +172,125 @@ def test_events_and_metrics_name_the_deployment(make_lb: MakeLb, router: Any, cl
         for point in metric.data.data_points
     ]
     assert throttles == [{"backend": A, "deployment": "gpt"}]
+
+
+# ---------------------------------------------------------------------- the breaker is the backend's
+
+
+def test_a_breaker_closing_leaves_a_longer_429_of_another_deployment(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any
+) -> None:
+    by_deployment(router, A, {"gpt": (429, {"retry-after": "60"})})
+    lb = make_lb([Backend(A, 1), Backend(B, 2)], failure_backoff_s=1)
+    client = client_for(lb)
+    assert post(client, URL.format("gpt")).json() == {"host": B}  # gpt set aside on A for 60 s
+    router.script(A, 500)
+    assert post(client, URL.format("emb")).json() == {"host": B}  # A's breaker opens for 1 s
+    clock.advance(2)
+    assert post(client, URL.format("emb")).json() == {"host": A}  # its probe: the breaker closes
+    router.requests.clear()
+    assert post(client, URL.format("gpt")).json() == {"host": B}  # gpt's 429 has 58 s to go
+    assert router.hosts == [B]
+    assert stats_by_id(lb, "gpt")[A].cooling_down_for_s == pytest.approx(58)
+
+
+def test_a_half_open_breaker_takes_one_probe_for_all_deployments(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any
+) -> None:
+    lb = make_lb([Backend(A, 1), Backend(B, 2)], failure_backoff_s=1)
+    client = client_for(lb)
+    post(client, URL.format("emb"))
+    router.script(A, 503)
+    post(client, URL.format("gpt"))  # A's breaker opens, in both deployments
+    clock.advance(1)
+    with lb._lock:  # gpt's probe is chosen and out (as if its answer had not come yet)
+        state, probe, _ = lb._lane("gpt").choice.choose(clock(), set(), lb._random)
+        lb._lanes.hold_probe(state)
+    assert (state.backend.id, probe) == (A, True)
+    router.requests.clear()
+    assert post(client, URL.format("emb")).json() == {"host": B}  # no second probe for emb
+    assert post(client, URL.format("later")).json() == {"host": B}  # nor for a deployment seen now
+    assert router.hosts == [B, B]
+
+
+def test_a_breaker_opened_in_one_process_is_seen_for_every_deployment_in_another(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any
+) -> None:
+    store = MemoryStateStore(clock=clock)
+    backends = [Backend(A, 1), Backend(B, 2)]
+    one, two = make_lb(backends, state=store), make_lb(backends, state=store)
+    router.script(A, 503)
+    assert post(client_for(one), URL.format("gpt")).json() == {"host": B}
+    record = store.load([shared_key(backends[0])])[0]
+    assert record is not None
+    assert record.reason == "failed"  # under the backend's own key
+    router.requests.clear()
+    assert post(client_for(two), URL.format("emb")).json() == {"host": B}  # another deployment
+    assert router.hosts == [B]
+
+
+def test_a_breaker_shared_under_a_budget_store_turns_a_granted_attempt_away(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any
+) -> None:
+    """With a BudgetStore the reservation grants the deployment's request; the backend's own record,
+    read in the same round trip, says it is down: the attempt goes elsewhere."""
+    store = MemoryStateStore(clock=clock)
+    backends = [Backend(A, 1), Backend(B, 2)]
+    store.set_aside(shared_key(backends[0]), SharedState(30.0, "failed", 3))
+    lb = make_lb(backends, state=store)
+    assert post(client_for(lb), URL.format("gpt")).json() == {"host": B}
+    assert router.hosts == [B]
+    assert stats_by_id(lb, "gpt")[A].breaker == "open"
+
+
+# ---------------------------------------------------------------------- a deployment a backend lacks
+
+
+def lacking(router: Any, host: str) -> None:
+    router.always(
+        host, lambda request: router.lib.Response(404, json={"error": {"code": "DeploymentNotFound"}})
+    )
+
+
+def test_a_responses_create_fails_over_from_a_backend_lacking_the_deployment(
+    make_lb: MakeLb, router: Any, client_for: Any
+) -> None:
+    lacking(router, A)
+    router.always(B, lambda request: router.lib.Response(200, json={"id": "resp_1", "object": "response"}))
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    client = client_for(lb)
+    body = b'{"model": "gpt", "input": "hi"}'
+    codes = [
+        post(client, "https://caller.example/openai/v1/responses", content=body).status_code for _ in range(3)
+    ]
+    assert codes == [200, 200, 200]
+    assert len(router.for_host(A)) == 1  # asked once, then set aside for that deployment
+
+
+def test_a_wait_counts_only_the_backends_having_the_deployment(
+    make_lb: MakeLb, router: Any, client_for: Any, fake_sleep: list[float]
+) -> None:
+    lacking(router, A)
+    router.always(B, (429, {"retry-after": "10"}))
+    lb = make_lb([Backend(A, 1), Backend(B, 2)])
+    client = client_for(lb)
+    post(client, URL.format("gpt"))  # A: 404, set aside for gpt; B: 429 for 10 s
+    refused = post(client, URL.format("gpt"))
+    assert (refused.status_code, refused.headers["retry-after-ms"]) == (429, "10000")
+    waiting = make_lb([Backend(A, 1), Backend(B, 2)], max_wait_s=5)
+    post(client_for(waiting), URL.format("gpt"))
+    fake_sleep.clear()
+    post(client_for(waiting), URL.format("gpt"))
+    assert len(fake_sleep) <= 2  # one wait, not a 10 ms poll of the backend lacking it
+
+
+def test_deployment_names_past_the_limit_are_not_kept(
+    make_lb: MakeLb, router: Any, client_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    lb = make_lb([Backend(A, 1)])
+    client = client_for(lb)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for i in range(MAX_LANES + 500):
+            post(client, URL.format(f"d{i}"))
+    assert len(lb._lanes.by_deployment) == MAX_LANES
+    assert sum("more deployments than kept apart" in r.getMessage() for r in caplog.records) == 1

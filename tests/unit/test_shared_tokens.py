@@ -108,3 +108,16 @@ def test_a_request_waits_for_a_shared_token_budget_to_reset(
     lb = make_lb(backends, state=store, max_wait_s=10)
     assert post(client_for(lb), CALLER_URL, content=BIG).json() == {"host": A}
     assert fake_sleep == [pytest.approx(3.0)]  # one wait, as long as the budget had left, not a poll
+
+
+def test_the_429_names_a_cooldown_that_ends_before_the_token_budget_resets(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any
+) -> None:
+    store = MemoryStateStore(clock=clock)
+    backends = [Backend(A, 1), Backend(B, 2)]
+    store.report([BudgetReport(KEY_A, 50, 5.0, None, False, 100)])  # A: tokens back in 5 s
+    router.always(B, (429, {"retry-after": "2"}))  # B: throttled for 2 s
+    lb = make_lb(backends, state=store)
+    post(client_for(lb), CALLER_URL, content=BIG)
+    refused = post(client_for(lb), CALLER_URL, content=BIG)
+    assert (refused.status_code, refused.headers["retry-after-ms"]) == (429, "2000")

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 # The tests' requests name deployment gpt-4o (CALLER_URL): its state is kept under the backend's key
 # and the deployment's name.
 KEY_A = shared_key(Backend(A, 1)) + "#deployment=gpt-4o"
+# A breaker is the backend's, for every deployment: it is shared under the backend's own key.
+BREAKER_A = shared_key(Backend(A, 1))
 
 
 def record_of(store: Any, key: str = KEY_A) -> SharedState | None:
@@ -224,7 +226,8 @@ def test_store_is_read_once_per_choice_and_written_on_change(
     make_lb: MakeLb, router: Any, lib: Any, clock: Any
 ) -> None:
     store = Recording(clock=clock)
-    keys = (KEY_A, shared_key(Backend(B, 2)) + "#deployment=gpt-4o")
+    # The deployment's keys, then the backends' own (their breakers).
+    keys = (KEY_A, shared_key(Backend(B, 2)) + "#deployment=gpt-4o", BREAKER_A, shared_key(Backend(B, 2)))
     router.script(A, 200, (429, {"retry-after": "5"}), 500, 200)
     lb = make_lb([Backend(A, 1), Backend(B, 2)], state=store, failure_backoff_s=1)
     with lib.Client(transport=lb) as client:
@@ -237,11 +240,11 @@ def test_store_is_read_once_per_choice_and_written_on_change(
         store.calls.clear()
         post(client)  # A fails, B serves
         assert store.names() == ["load", "set_aside", "load"]
-        assert store.calls[1] == ("set_aside", (KEY_A, "failed"))
+        assert store.calls[1] == ("set_aside", (BREAKER_A, "failed"))
         clock.advance(1)
         store.calls.clear()
         post(client)  # A's breaker closes
-    assert store.calls == [("load", keys), ("clear_failure", KEY_A)]
+    assert store.calls == [("load", keys), ("clear_failure", BREAKER_A)]
 
 
 # ---------------------------------------------------------------------- sharing between balancers
@@ -340,7 +343,7 @@ def test_an_open_breaker_is_shared(make_lb: MakeLb, router: Any, lib: Any, clock
     attempt, failed = events[:2]
     assert (attempt.kind, attempt.backend, attempt.probe) == ("attempt", A, True)
     assert (failed.kind, failed.consecutive_failures, failed.cooldown_s) == ("failed", 2, 2.0)
-    record = record_of(store)
+    record = record_of(store, BREAKER_A)
     assert record is not None
     assert (record.reason, record.failures, record.cooling_s) == ("failed", 2, 2.0)
 
@@ -456,7 +459,7 @@ def recovery_with_record_written_meanwhile(
     lb2 = make_lb(backends, state=store, failure_backoff_s=1)
 
     def probe(request: Any) -> Any:
-        store.set_aside(KEY_A, record)
+        store.set_aside(BREAKER_A if record.reason == "failed" else KEY_A, record)
         return router.answer(answer, request)
 
     router.script(A, 500, probe)
@@ -474,7 +477,7 @@ def test_a_breaker_closing_clears_the_shared_failure(
     _, lb2, store = recovery_with_record_written_meanwhile(
         make_lb, router, lib, clock, SharedState(30.0, "failed", 3)
     )
-    assert record_of(store) is None
+    assert record_of(store, BREAKER_A) is None
     router.requests.clear()
     with lib.Client(transport=lb2) as two:
         assert post(two).json() == {"host": A}
@@ -503,8 +506,10 @@ def test_a_breaker_closing_clears_the_shared_failure_when_the_budget_is_spent(
     _, _, store = recovery_with_record_written_meanwhile(
         make_lb, router, lib, clock, SharedState(30.0, "failed", 3), spent
     )
-    record = record_of(store)
-    assert record is None or record.reason != "failed"
+    assert record_of(store, BREAKER_A) is None
+    spent_record = record_of(store)  # the deployment's spent window is its own record
+    assert spent_record is not None
+    assert spent_record.reason == "exhausted"
 
 
 # ---------------------------------------------------------------------- a store that fails
