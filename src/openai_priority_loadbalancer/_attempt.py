@@ -39,13 +39,14 @@ FirstByte = tuple[float, dict[str, Any], Any]
 
 
 def attempt_request(
-    lib: HttpLib, request: Request, backend: Backend, token: str | None, cache: UrlCache
+    lib: HttpLib, request: Request, raw_path: bytes, backend: Backend, token: str | None, cache: UrlCache
 ) -> Request:
-    """A copy of ``request`` addressed to ``backend``, with its credentials; ``request`` is untouched."""
-    url, host = backend_url(request.url, backend, cache)
+    """A copy of ``request`` (whose URL's raw path is ``raw_path``) addressed to ``backend``, with its
+    credentials; ``request`` is untouched."""
+    url, host = backend_url(request.url, raw_path, backend, cache)
     stream = request.stream
     body = None
-    if backend.deployments and request.url.raw_path.startswith(b"/openai/v1/"):
+    if backend.deployments and raw_path.startswith(b"/openai/v1/"):
         body = rewrite_model(request.content, backend.deployments)
         if body is not None:
             stream = lib.module.ByteStream(body)
@@ -70,13 +71,13 @@ def attempt_request(
     return attempt
 
 
-def backend_url(url: Any, backend: Backend, cache: UrlCache) -> tuple[Any, str]:
-    """``url`` addressed to ``backend``, and its ``Host`` header; cached per backend and URL."""
-    key = (type(url), id(backend), url.scheme, url.raw_host, url.port, url.raw_path)
+def backend_url(url: Any, raw_path: bytes, backend: Backend, cache: UrlCache) -> tuple[Any, str]:
+    """``url`` (whose raw path is ``raw_path``) addressed to ``backend``, and its ``Host`` header;
+    cached per backend and URL."""
+    key = (type(url), id(backend), url.scheme, url.raw_host, url.port, raw_path)
     cached = cache.get(key)
     if cached is not None:
         return cached
-    raw_path: bytes = url.raw_path
     if backend.deployments:
         raw_path = rewrite_deployment(raw_path, backend.deployments)
     if backend.base_path:

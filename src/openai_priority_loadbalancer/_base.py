@@ -356,7 +356,7 @@ class BaseLoadBalancer:
             try:
                 if backend.azure_ad_token_provider is not None:
                     token = yield (TOKEN, backend.azure_ad_token_provider)
-                attempt = attempt_request(lib, request, backend, token, self._url_cache)
+                attempt = attempt_request(lib, request, raw_path, backend, token, self._url_cache)
             except BaseException:
                 ledger.release(state, probe, now)
                 if shared_probe:

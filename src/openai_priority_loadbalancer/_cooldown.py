@@ -36,6 +36,7 @@ __all__ = [
     "parse_retry_after",
     "read_count",
     "read_rate_limit",
+    "remaining",
     "cooldown_from_body",
 ]
 
@@ -126,6 +127,39 @@ def header(headers: HeaderLookup, names: tuple[str, ...]) -> tuple[str, str | No
         if value is not None:
             return name, value
     return names[0], None
+
+
+# The remaining-* names by their bytes, as raw headers hold them: (which count, spelling's rank, name).
+_REMAINING_BY_NAME: dict[bytes, tuple[int, int, str]] = {
+    name.encode(): (which, rank, name)
+    for which, names in enumerate((REMAINING_REQUESTS, REMAINING_TOKENS))
+    for rank, name in enumerate(names)
+}
+_SHORTEST_REMAINING = min(map(len, _REMAINING_BY_NAME))
+
+
+def remaining(headers: HeaderLookup) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+    """``header(headers, REMAINING_REQUESTS)`` and ``header(headers, REMAINING_TOKENS)``, in one pass
+    over the raw headers when they have them (``httpx.Headers``): every answer is read so, and a
+    lookup by name costs a scan of them (and an exception when absent). A name sent twice counts once,
+    its first value."""
+    raw = getattr(headers, "raw", None)
+    if not isinstance(raw, list):
+        return header(headers, REMAINING_REQUESTS), header(headers, REMAINING_TOKENS)
+    found: list[tuple[int, str, bytes] | None] = [None, None]
+    for key, value in raw:
+        if len(key) >= _SHORTEST_REMAINING:
+            hit = _REMAINING_BY_NAME.get(key.lower())
+            if hit is not None:
+                which, rank, name = hit
+                kept = found[which]
+                if kept is None or rank < kept[0]:
+                    found[which] = (rank, name, value)
+    requests, tokens = found
+    return (
+        (REMAINING_REQUESTS[0], None) if requests is None else (requests[1], requests[2].decode("latin-1")),
+        (REMAINING_TOKENS[0], None) if tokens is None else (tokens[1], tokens[2].decode("latin-1")),
+    )
 
 
 @dataclass(frozen=True, slots=True)

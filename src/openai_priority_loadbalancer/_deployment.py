@@ -25,13 +25,12 @@ def deployment_of(raw_path: bytes, body: bytes) -> str | None:
     """The deployment named by ``/openai/deployments/{name}/...``, else, for a v1 path, the body's
     top-level-looking ``"model": "name"``; None when neither names one (or the name is escaped)."""
     if raw_path.startswith(_DEPLOYMENTS):
-        rest = raw_path[len(_DEPLOYMENTS) :]
-        end = len(rest)
-        for sep in (b"/", b"?"):
-            found = rest.find(sep, 0, end)
-            if found != -1:
-                end = found
-        return rest[:end].decode("utf-8", "replace") if 0 < end <= _MAX_NAME else None
+        start = len(_DEPLOYMENTS)
+        end = raw_path.find(b"/", start)
+        query = raw_path.find(b"?", start)
+        if end == -1 or 0 <= query < end:
+            end = len(raw_path) if query == -1 else query
+        return raw_path[start:end].decode("utf-8", "replace") if 0 < end - start <= _MAX_NAME else None
     if not raw_path.startswith(_V1_PREFIXES) or not body:
         return None
     return _model(body)

@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING, Any, Final
 from ._budget import ADMISSION_DELAY_S, Budgets, int_header
 from ._cooldown import (
     LIMIT_REQUESTS,
-    REMAINING_REQUESTS,
-    REMAINING_TOKENS,
     RETRY_AFTER,
     RateLimitInfo,
-    header,
     read_count,
     read_rate_limit,
 )
+from ._cooldown import remaining as remaining_headers
 from ._events import (
     AbandonedEvent,
     Event,
@@ -177,8 +175,7 @@ class Ledger:
                     state.add_success(now - started)
                 elif status < 500:
                     state.rejected += 1
-                requests_name, requests_left = header(headers, REMAINING_REQUESTS)
-                tokens_name, tokens_left = header(headers, REMAINING_TOKENS)
+                (requests_name, requests_left), (tokens_name, tokens_left) = remaining_headers(headers)
                 if requests_left is not None or tokens_left is not None:
                     # The backend admitted the attempt (and timed its reset) about one network hop
                     # after it was sent: half the answer's time, and no more than ADMISSION_DELAY_S.

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
+import httpx2
 import pytest
 from _unit_support import A, B, MakeLb, post
 
 from openai_priority_loadbalancer import Backend
+from openai_priority_loadbalancer._cooldown import REMAINING_REQUESTS, REMAINING_TOKENS, header, remaining
 
 HUGE = "1" + "0" * 400  # well-formed, beyond a double's range
 
@@ -81,3 +84,30 @@ def test_success_with_hyphenated_remaining_shows_in_stats(
     assert post(client).json() == {"host": A}
     (a, _) = lb.stats()
     assert (a.remaining_requests, a.remaining_tokens) == (41, 9000)
+
+
+@pytest.mark.parametrize("kind", ["httpx", "httpx2", "dict"])
+def test_the_remaining_counts_are_read_in_one_pass_as_by_name(kind: str) -> None:
+    """``remaining`` reads what ``header`` would for both counts: the usual spelling first, any case,
+    the first of a name sent twice; a mapping without raw headers is looked up by name."""
+    pairs = [
+        ("X-Rate-Limit-Remaining-Requests", "7"),
+        ("X-RateLimit-Remaining-Requests", "5"),
+        ("x-rate-limit-remaining-tokens", "900"),
+        ("x-rate-limit-remaining-tokens", "800"),
+        ("content-type", "application/json"),
+    ]
+    if kind == "dict":
+        headers: Any = {k.lower(): v for k, v in reversed(pairs)}
+        assert remaining(headers) == (header(headers, REMAINING_REQUESTS), header(headers, REMAINING_TOKENS))
+        return
+    module = httpx if kind == "httpx" else httpx2
+    headers = module.Headers(pairs)
+    assert remaining(headers) == (
+        ("x-ratelimit-remaining-requests", "5"),
+        ("x-rate-limit-remaining-tokens", "900"),
+    )
+    assert remaining(module.Headers({"content-type": "text/plain"})) == (
+        ("x-ratelimit-remaining-requests", None),
+        ("x-ratelimit-remaining-tokens", None),
+    )
