@@ -96,12 +96,13 @@ class BaseLoadBalancer:
             0 returns the 429 at once.
         on_event: called with every :data:`~openai_priority_loadbalancer.Event` (attempt,
             served, throttled, failed, ...); what it raises is logged and ignored.
-        state: a :class:`~openai_priority_loadbalancer.StateStore` to share cooldowns and open
-            breakers with other balancers (other processes, other machines); default: none. If it
-            is a :class:`~openai_priority_loadbalancer.BudgetStore` (``MemoryStateStore`` and
-            ``RedisStateStore`` are), the balancers also share each backend's request budget: every
-            attempt first reserves one of its backend's requests, so that together they send no
-            more than its window holds.
+        state: a :class:`~openai_priority_loadbalancer.StateStore` to share cooldowns, open
+            breakers and missing deployments with other balancers (other processes, other
+            machines); default: none. If it is a :class:`~openai_priority_loadbalancer.BudgetStore`
+            (``MemoryStateStore`` and ``RedisStateStore`` are), the balancers also share each
+            deployment's request and token budgets: every attempt first reserves one request and
+            its estimated tokens from its backend's budget for that deployment, so that together
+            they send no more than its window holds.
         backend_header: name of a response header to set to the id of the backend that served the
             response (off by default).
         affinity: send a request that names a stored object (a response, conversation, file, ...)
@@ -324,8 +325,12 @@ class BaseLoadBalancer:
                     raise
                 if reservation is not None:  # None: the store failed, and local state decides
                     ledger.merge_shared(reservation.records, lane)
-                    if reservation.granted and now < state.cooling_until:
-                        # Granted for the deployment, but another process saw the backend down.
+                    if reservation.granted and (
+                        now < state.cooling_until
+                        or (not bound and now < state.missing_until and len(lane.lacking(now)) < len(states))
+                    ):
+                        # Granted, but its records say another process saw the backend down, or lacking
+                        # the deployment (and another backend may have it).
                         ledger.unchoose(state, probe, None, now)
                         if reservation.probe:
                             yield self._end_probe(state)
@@ -423,9 +428,13 @@ class BaseLoadBalancer:
                 except lib.failover_errors:
                     yield (CLOSE, response)
                     continue
-                if _DEPLOYMENT_NOT_FOUND in response.content and ledger.lacks(lane, state, tried, now):
-                    yield (CLOSE, response)  # another backend may have the deployment
-                    continue
+                if _DEPLOYMENT_NOT_FOUND in response.content:
+                    elsewhere, share = ledger.lacks(lane, state, tried, now)
+                    if share is not None:
+                        yield from self._settle(state, False, [share], response)
+                    if elsewhere:
+                        yield (CLOSE, response)  # another backend may have the deployment
+                        continue
             if keep:
                 response.extensions[EXTENSION] = Routing(
                     backend.id, tuple(attempts), pin.why if pin is not None else None

@@ -357,12 +357,16 @@ class Ledger:
 
     # ------------------------------------------------------------------ a deployment a backend lacks
 
-    def lacks(self, lane: Lane, state: BackendState, tried: set[int], now: float) -> bool:
-        """Note that ``state``'s backend lacks ``lane``'s deployment (it answered 404 for it); whether
-        another backend, not tried by this request, may have it (else the 404 goes to the caller)."""
+    def lacks(
+        self, lane: Lane, state: BackendState, tried: set[int], now: float
+    ) -> tuple[bool, Share | None]:
+        """Note that ``state``'s backend lacks ``lane``'s deployment (it answered 404 for it). Returns
+        whether another backend, not tried by this request, may have it (else the 404 goes to the
+        caller), and the store call that tells the other balancers (None without a store)."""
         with self._lock:
             state.missing_until = now + self._missing_s
             lane.missing = True
+        share = self.record(state, "missing", self._missing_s) if self._stores else None
         logger.info(
             "deployment not found on backend backend=%s deployment=%s set_aside_s=%.0f",
             state.backend.id,
@@ -370,7 +374,7 @@ class Ledger:
             self._missing_s,
         )
         missing = lane.lacking(now)
-        return any(s.index not in tried and s.index not in missing for s in lane.states)
+        return any(s.index not in tried and s.index not in missing for s in lane.states), share
 
     # ------------------------------------------------------------------ what other balancers shared
 
@@ -390,6 +394,10 @@ class Ledger:
         with self._lock:
             for state, record in pairs:
                 if record is None or record.cooling_s <= 0:
+                    continue
+                if record.reason == "missing":  # another balancer found it lacks the deployment
+                    state.missing_until = max(state.missing_until, now + record.cooling_s)
+                    lane.missing = True
                     continue
                 if record.reason == "throttled":  # what is left of a wait another balancer was told
                     state.learn_window(record.cooling_s)

@@ -35,7 +35,7 @@ __all__ = [
     "shared_key",
 ]
 
-Reason = Literal["throttled", "failed", "exhausted"]
+Reason = Literal["throttled", "failed", "exhausted", "missing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,10 @@ class SharedState:
     cooling_s: float
     """Seconds from now until the backend may take requests again (> 0 for a live record)."""
     reason: Reason
-    """Why it was set aside: a 429, a failure (its breaker is open), or a budget reported spent."""
+    """Why it was set aside: a 429, a failure (its breaker is open), a budget reported spent, or
+    (``"missing"``) the backend lacks the deployment the key names (it answered 404
+    ``DeploymentNotFound``): its requests go to the other backends, but a reservation is not refused
+    for it (a deployment lacking everywhere is still tried, for the caller's 404)."""
     failures: int
     """Consecutive failures behind an open breaker (0 when throttled)."""
     remaining_requests: int | None = None
@@ -348,7 +351,7 @@ class MemoryStateStore:
             self._apply(reports, now)
             records = self._load(keys, now)
             record = records[index]
-            if record is not None:
+            if record is not None and record.reason != "missing":
                 return Reservation(False, False, record.cooling_s, records)
             key = keys[index]
             tokens = self._tokens.get(key) if cost > 0 else None

@@ -318,6 +318,7 @@ _REASONS: Final[dict[bytes, Reason]] = {
     b"throttled": "throttled",
     b"failed": "failed",
     b"exhausted": "exhausted",
+    b"missing": "missing",
 }
 
 Ticket = Literal[0, 1, 2]
@@ -1075,7 +1076,7 @@ def _set_aside_args(record: SharedState) -> tuple[int, bytes] | None:
     if not (isinstance(cooling, int | float) and math.isfinite(cooling) and cooling > 0):
         return None
     reason = record.reason
-    if reason not in ("throttled", "failed", "exhausted"):
+    if reason not in _REASONS.values():
         return None
     tail = f" {reason} {max(int(record.failures), 0)} {_opt(record.remaining_requests)} "
     tail += _opt(record.remaining_tokens)

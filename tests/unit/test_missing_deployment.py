@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 from _unit_support import A, B, C, MakeLb, post, routing, stats_by_id
 
-from openai_priority_loadbalancer import Backend
+from openai_priority_loadbalancer import Backend, MemoryStateStore
+
+
+class CooldownsOnly(MemoryStateStore):
+    """A store sharing cooldowns but not budgets: read with ``load`` before every choice."""
+
+    reserve = areserve = report = areport = None  # type: ignore[assignment]
+
 
 CHAT = "https://caller.example/openai/deployments/{}/chat/completions?api-version=2024-06-01"
 NOT_FOUND = (404, {"content-type": "application/json"})
@@ -118,3 +125,36 @@ def test_missing_deployment_s_is_validated(make_lb: MakeLb) -> None:
         make_lb([Backend(A, 1)], missing_deployment_s=-1)
     with pytest.raises(TypeError, match="missing_deployment_s"):
         make_lb([Backend(A, 1)], missing_deployment_s="5")
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "cooldowns only"])
+def test_a_missing_deployment_found_by_one_balancer_is_skipped_by_the_others(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any, store_kind: str
+) -> None:
+    store = MemoryStateStore(clock=clock) if store_kind == "memory" else CooldownsOnly(clock=clock)
+    backends = [Backend(A, 1), Backend(B, 2)]
+    lacking(router, A, "gpt-4o")
+    one = make_lb(backends, state=store, missing_deployment_s=120)
+    two = make_lb(backends, state=store, missing_deployment_s=120)
+    assert post(client_for(one), CHAT.format("gpt-4o")).json() == {"host": B}
+    router.requests.clear()
+    for _ in range(3):
+        assert post(client_for(two), CHAT.format("gpt-4o")).json() == {"host": B}
+    assert post(client_for(two), CHAT.format("embed")).json() == {"host": A}  # that deployment only
+    assert router.hosts == [B, B, B, A]
+    clock.advance(120)  # the mark has expired: A is asked again
+    assert post(client_for(two), CHAT.format("gpt-4o")).json() == {"host": B}
+    assert router.hosts[-2:] == [A, B]
+
+
+def test_a_deployment_missing_everywhere_still_gets_its_404_through_a_budget_store(
+    make_lb: MakeLb, router: Any, client_for: Any, clock: Any
+) -> None:
+    store = MemoryStateStore(clock=clock)
+    for host in (A, B):
+        lacking(router, host, "nowhere")
+    backends = [Backend(A, 1), Backend(B, 2)]
+    post(client_for(make_lb(backends, state=store)), CHAT.format("nowhere"))
+    response = post(client_for(make_lb(backends, state=store)), CHAT.format("nowhere"))
+    assert response.status_code == 404  # not the balancer's 429: the marks refuse no reservation
+    assert len(routing(response).attempts) == 1
