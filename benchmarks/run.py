@@ -694,9 +694,11 @@ def _traffic(lb: LoadBalancer, requests: int) -> None:
 
 
 def _fill_latency_windows(lb: BaseLoadBalancer) -> None:
-    """Fill every backend's latency window, as enough traffic would (much faster than sending it)."""
+    """Fill every backend's latency window, as enough traffic would (much faster than sending it): in
+    each deployment the traffic named (the rows of the stats), not in the others' lanes."""
     window = _state.LATENCY_WINDOW
-    for state in lb._states:
+    rows = getattr(getattr(lb, "_lanes", None), "rows", None)
+    for state in rows() if rows is not None else lb._states:
         record = getattr(state, "add_latency", None) or state.latencies.append
         for i in range(window):
             record(0.05 + i * 1e-4 + state.index * 1e-9)
