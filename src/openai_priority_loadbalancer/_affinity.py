@@ -36,6 +36,7 @@ from ._store import OwnerStore
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
+    from ._backend import Backend
     from ._events import Event
     from ._http import HttpLib, Request, Response
     from ._state import BackendState
@@ -349,7 +350,7 @@ class Affinity:
     """The owners of stored objects, for one balancer (see the module documentation).
 
     Args:
-        states: the balancer's backends' states, in configuration order.
+        backends: the balancer's backends, in configuration order.
         store: the balancer's state store; owners are shared through it if it is an ``OwnerStore``.
         shared_keys: each backend's name in the store (empty without a store).
         emit: the balancer's event callback, or None.
@@ -359,7 +360,7 @@ class Affinity:
 
     def __init__(
         self,
-        states: Sequence[BackendState],
+        backends: Sequence[Backend],
         store: StateStore | None,
         shared_keys: Sequence[str],
         emit: Callable[[Event], None] | None,
@@ -372,8 +373,8 @@ class Affinity:
         self.store: OwnerStore | None = store if isinstance(store, OwnerStore) else None
         self._keys = list(shared_keys)
         self._index_of = {key: i for i, key in enumerate(shared_keys)}
-        self._ids = [s.backend.id for s in states]
-        self._order = [s.index for s in sorted(states, key=lambda s: s.backend.priority)]
+        self._ids = [b.id for b in backends]
+        self._order = sorted(range(len(backends)), key=lambda i: backends[i].priority)
         self._emit = emit
         self._wall_clock = wall_clock
         self.ttl_s = ttl_s
@@ -383,7 +384,7 @@ class Affinity:
     def build(
         cls,
         enabled: bool,
-        states: Sequence[BackendState],
+        backends: Sequence[Backend],
         store: StateStore | None,
         shared_keys: Sequence[str],
         emit: Callable[[Event], None] | None,
@@ -395,7 +396,7 @@ class Affinity:
         objects, seconds = check_options(max_objects, ttl_s)
         if not enabled:
             return None
-        return cls(states, store, shared_keys, emit, wall_clock, max_objects=objects, ttl_s=seconds)
+        return cls(backends, store, shared_keys, emit, wall_clock, max_objects=objects, ttl_s=seconds)
 
     # -- before choosing
 

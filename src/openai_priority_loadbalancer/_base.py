@@ -188,7 +188,6 @@ class BaseLoadBalancer:
         # The backends' names in the shared store (only a balancer with a store needs them).
         shared_keys = [shared_key(b) for b in self.backends] if state is not None else []
         self._lanes = Lanes(self.backends, shared_keys)
-        self._states = self._lanes.default.states
         self._lock = threading.Lock()
         self._random = random.Random()
         self._ledger = Ledger(
@@ -208,7 +207,7 @@ class BaseLoadBalancer:
         self._url_cache: UrlCache = {}
         self._affinity = _affinity.Affinity.build(
             affinity,
-            self._states,
+            self.backends,
             state,
             shared_keys,
             self._emit if on_event is not None else None,
@@ -229,6 +228,12 @@ class BaseLoadBalancer:
     def __repr__(self) -> str:
         names = ", ".join(f"{b.id} (priority {b.priority})" for b in self.backends)
         return f"{type(self).__name__}([{names}])"
+
+    @property
+    def _states(self) -> list[BackendState]:
+        """The backends' states for requests naming no deployment."""
+        with self._lock:
+            return self._lanes.default.states
 
     # ------------------------------------------------------------------ the flow of one request
 

@@ -75,21 +75,32 @@ class Lane:
 class Lanes:
     """The lanes of one balancer: the one of requests naming no deployment, and one per deployment seen."""
 
-    __slots__ = ("_backends", "_full", "_keys", "by_deployment", "default")
+    __slots__ = ("_backends", "_default", "_full", "_keys", "by_deployment")
 
     def __init__(self, backends: Sequence[Backend], keys: Sequence[str]) -> None:
         self._backends = backends
         self._keys = keys
         self._full = False  # warned that there are more deployments than are kept apart
-        self.default = Lane(None, backends, keys)
-        self.by_deployment: dict[str | None, Lane] = {None: self.default}
+        self._default: Lane | None = None
+        self.by_deployment: dict[str | None, Lane] = {}
+
+    @property
+    def default(self) -> Lane:
+        """The lane of requests naming no deployment, made on first use (the caller holds the
+        balancer's lock): a balancer whose requests all name one deployment never needs it."""
+        lane = self._default
+        if lane is None:
+            lane = self._default = self._made(None)
+        return lane
 
     def get(self, deployment: str | None) -> Lane:
         """The lane of ``deployment``, made on first sight (the caller holds the balancer's lock)."""
         lane = self.by_deployment.get(deployment)
         if lane is not None:
             return lane
-        if len(self.by_deployment) >= MAX_LANES:
+        if deployment is None:
+            return self.default
+        if len(self.by_deployment) - (self._default is not None) >= MAX_LANES - 1:  # one for the default
             if not self._full:  # the names are the callers': not one entry or one log line each
                 self._full = True
                 logger.warning(
@@ -99,14 +110,18 @@ class Lanes:
                     MAX_LANES,
                 )
             return self.default
+        return self._made(deployment)
+
+    def _made(self, deployment: str | None) -> Lane:
         lane = Lane(deployment, self._backends, self._keys)
         for state in lane.states:  # a breaker open for the backend is open for its new deployment too
-            worst = max(self.siblings(state.index), key=lambda s: s.failures)
-            if worst.failures:
+            siblings = self.siblings(state.index)
+            worst = max(siblings, key=lambda s: s.failures, default=None)
+            if worst is not None and worst.failures:
                 state.failures = worst.failures
                 state.cooling_until = worst.cooling_until
                 state.cooling_reason = "failed"
-                state.probing = any(s.probing for s in self.siblings(state.index))  # its probe is out
+                state.probing = any(s.probing for s in siblings)  # its probe is out
         self.by_deployment[deployment] = lane
         return lane
 
@@ -127,7 +142,8 @@ class Lanes:
     def rows(self) -> list[BackendState]:
         """The states stats show, backend by backend in configuration order: one per deployment seen,
         and one for requests naming none if there were some (or no deployment was seen)."""
-        lanes = [lane for lane in self.by_deployment.values() if lane is not self.default]
-        if not lanes or any(s.requests or s.in_flight for s in self.default.states):
+        lanes = [lane for lane in self.by_deployment.values() if lane is not self._default]
+        default = self._default
+        if not lanes or (default is not None and any(s.requests or s.in_flight for s in default.states)):
             lanes.insert(0, self.default)
         return [lane.states[i] for i in range(len(self._backends)) for lane in lanes]
