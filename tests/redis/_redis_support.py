@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -214,3 +216,29 @@ def commands_between(before: dict[str, int], after: dict[str, int]) -> dict[str,
     """The commands run between two :meth:`RedisServer.stats` readings, the INFO between them excluded."""
     delta = {name: after[name] - before.get(name, 0) for name in after}
     return {name: n for name, n in delta.items() if n and name != "info"}
+
+
+def granted_by_racing_threads(
+    url: str, reserve: Callable[[Any], Any], *, threads: int = 8, each: int = 20
+) -> int:
+    """How many of ``threads`` x ``each`` reservations ``reserve(store)`` granted, the threads (each
+    with a store of its own on Redis at ``url``, connected first) starting at once."""
+    from openai_priority_loadbalancer.redis import RedisStateStore
+
+    stores = [RedisStateStore.from_url(url, socket_timeout=1.0) for _ in range(threads)]
+    barrier = threading.Barrier(threads)
+    counts: list[int] = []
+
+    def run(store: RedisStateStore) -> None:
+        store.load(["warm-up"])  # connected before the start
+        barrier.wait()
+        counts.append(sum(bool(reserve(store).granted) for _ in range(each)))
+
+    started = [threading.Thread(target=run, args=(s,)) for s in stores]
+    for t in started:
+        t.start()
+    for t in started:
+        t.join()
+    for s in stores:
+        s.close()
+    return sum(counts)
