@@ -242,3 +242,46 @@ def granted_by_racing_threads(
     for s in stores:
         s.close()
     return sum(counts)
+
+
+def answer_as_memory_does(
+    store: Any,
+    rng: Any,
+    keys: list[str],
+    report: Callable[[], Any],
+    record: Callable[[], Any],
+    *,
+    set_aside_p: float,
+    costs: tuple[int, ...] = (0,),
+    steps: int = 300,
+) -> None:
+    """``steps`` calls at random on ``store`` and on a fresh MemoryStateStore: reports (``report()``,
+    one to three), set-asides (``record()``, with probability ``set_aside_p``) and reservations
+    (reports riding along, a cost drawn from ``costs``); every reservation gets the same answer."""
+    import pytest
+
+    from openai_priority_loadbalancer import MemoryStateStore
+
+    memory = MemoryStateStore()
+    for _ in range(steps):
+        roll = rng.random()
+        if roll < 0.15:
+            reports = [report() for _ in range(rng.randrange(1, 4))]
+            memory.report(reports)
+            store.report(reports)
+        elif roll < 0.15 + set_aside_p:
+            shared, key = record(), rng.choice(keys)
+            memory.set_aside(key, shared)
+            store.set_aside(key, shared)
+        else:
+            index = rng.randrange(len(keys))
+            reports = [report() for _ in range(rng.choice([0, 0, 1, 2]))]
+            cost = rng.choice(costs)
+            expected = memory.reserve(keys, index, reports, 10.0, cost=cost)
+            answer = store.reserve(keys, index, reports, 10.0, cost=cost)
+            assert (answer.granted, answer.probe) == (expected.granted, expected.probe)
+            assert answer.wait_s == pytest.approx(expected.wait_s, abs=0.05)
+            assert [r is None for r in answer.records] == [r is None for r in expected.records]
+            for m, r in zip(expected.records, answer.records, strict=True):
+                if m is not None and r is not None:
+                    assert (r.reason, r.failures) == (m.reason, m.failures)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from _redis_support import URL, granted_by_racing_threads, script_reports
+from _redis_support import URL, answer_as_memory_does, granted_by_racing_threads, script_reports
 from redis.crc import key_slot
 
 from _windowed_backend import WindowedBackend
@@ -27,8 +27,6 @@ from openai_priority_loadbalancer import (
     BudgetReport,
     BudgetStore,
     LoadBalancer,
-    MemoryStateStore,
-    Reservation,
     SharedState,
     shared_key,
 )
@@ -240,22 +238,12 @@ def test_an_index_is_a_list_index(store: RedisStateStore) -> None:
 # -- the same answers as MemoryStateStore ------------------------------------------------------------
 
 
-def _same(memory: Reservation, redis_answer: Reservation) -> None:
-    assert (redis_answer.granted, redis_answer.probe) == (memory.granted, memory.probe)
-    assert redis_answer.wait_s == pytest.approx(memory.wait_s, abs=0.05)
-    assert [r is None for r in redis_answer.records] == [r is None for r in memory.records]
-    for m, r in zip(memory.records, redis_answer.records, strict=True):
-        if m is not None and r is not None:
-            assert (r.reason, r.failures) == (m.reason, m.failures)
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_random_calls_get_the_memory_stores_answers(redis_server: RedisServer, seed: int) -> None:
     """Reservations, reports (riding along or not) and set-asides at random, on both stores; windows
     of 20-60 s, so none ends during the test, and ``reset_s`` 0 sometimes (forget)."""
     rng = random.Random(seed)
     keys = [f"https://k{i}:443/" for i in range(3)]
-    memory = MemoryStateStore()
     store = RedisStateStore.from_url(redis_server.url, prefix=f"diff{seed}:")
 
     def report() -> BudgetReport:
@@ -263,23 +251,10 @@ def test_random_calls_get_the_memory_stores_answers(redis_server: RedisServer, s
         reset = rng.choice([0.0, 20.0, 40.0, 60.0])
         return BudgetReport(rng.choice(keys), remaining, reset, rng.choice([None, 3, 6]), rng.random() < 0.3)
 
-    for step in range(300):
-        roll = rng.random()
-        if roll < 0.15:
-            reports = [report() for _ in range(rng.randrange(1, 4))]
-            memory.report(reports)
-            store.report(reports)
-        elif roll < 0.2:
-            record = SharedState(rng.uniform(20, 60), rng.choice(["throttled", "failed"]), rng.randrange(3))
-            key = rng.choice(keys)
-            memory.set_aside(key, record)
-            store.set_aside(key, record)
-        else:
-            index = rng.randrange(len(keys))
-            reports = [report() for _ in range(rng.choice([0, 0, 1, 2]))]
-            expected = memory.reserve(keys, index, reports, TTL)
-            _same(expected, store.reserve(keys, index, reports, TTL))
-        assert step >= 0
+    def record() -> SharedState:
+        return SharedState(rng.uniform(20, 60), rng.choice(["throttled", "failed"]), rng.randrange(3))
+
+    answer_as_memory_does(store, rng, keys, report, record, set_aside_p=0.05)
     store.close()
 
 

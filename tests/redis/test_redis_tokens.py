@@ -11,10 +11,10 @@ import random
 from typing import TYPE_CHECKING
 
 import pytest
-from _redis_support import granted_by_racing_threads
+from _redis_support import answer_as_memory_does, granted_by_racing_threads
 from redis.crc import key_slot
 
-from openai_priority_loadbalancer import Backend, BudgetReport, MemoryStateStore, SharedState, shared_key
+from openai_priority_loadbalancer import Backend, BudgetReport, SharedState, shared_key
 from openai_priority_loadbalancer.redis import RedisStateStore
 
 if TYPE_CHECKING:
@@ -266,7 +266,6 @@ def test_random_calls_get_the_memory_stores_answers(redis_server: RedisServer, s
     ends during the test."""
     rng = random.Random(seed)
     keys = [f"https://k{i}:443/" for i in range(3)]
-    memory = MemoryStateStore()
     store = RedisStateStore.from_url(redis_server.url, prefix=f"tok{seed}:")
 
     def report() -> BudgetReport:
@@ -277,25 +276,10 @@ def test_random_calls_get_the_memory_stores_answers(redis_server: RedisServer, s
             rng.choice(keys), remaining, reset, rng.choice([None, 6]), rng.random() < 0.3, left
         )
 
-    for _ in range(300):
-        roll = rng.random()
-        if roll < 0.15:
-            reports = [report() for _ in range(rng.randrange(1, 4))]
-            memory.report(reports)
-            store.report(reports)
-        elif roll < 0.18:
-            record = SharedState(rng.uniform(20, 60), "throttled", 0)
-            key = rng.choice(keys)
-            memory.set_aside(key, record)
-            store.set_aside(key, record)
-        else:
-            index = rng.randrange(len(keys))
-            reports = [report() for _ in range(rng.choice([0, 0, 1, 2]))]
-            cost = rng.choice([0, 50, 100, 250])
-            expected = memory.reserve(keys, index, reports, TTL, cost=cost)
-            answer = store.reserve(keys, index, reports, TTL, cost=cost)
-            assert (answer.granted, answer.probe) == (expected.granted, expected.probe)
-            assert answer.wait_s == pytest.approx(expected.wait_s, abs=0.05)
+    def record() -> SharedState:
+        return SharedState(rng.uniform(20, 60), "throttled", 0)
+
+    answer_as_memory_does(store, rng, keys, report, record, set_aside_p=0.03, costs=(0, 50, 100, 250))
     store.close()
 
 
