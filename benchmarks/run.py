@@ -635,7 +635,7 @@ def _select_once(lb: BaseLoadBalancer, now: float) -> None:
 
 def _cool_down_one_in_ten(lb: BaseLoadBalancer, now: float) -> int:
     """Set every tenth backend aside for a minute, as a 429 would; returns how many."""
-    cooling = lb._states[9::10]
+    cooling = lb._lanes.default.states[9::10]
     for state in cooling:
         state.cooling_until = now + 60.0
     return len(cooling)
@@ -697,8 +697,7 @@ def _fill_latency_windows(lb: BaseLoadBalancer) -> None:
     """Fill every backend's latency window, as enough traffic would (much faster than sending it): in
     each deployment the traffic named (the rows of the stats), not in the others' lanes."""
     window = _state.LATENCY_WINDOW
-    rows = getattr(getattr(lb, "_lanes", None), "rows", None)
-    for state in rows() if rows is not None else lb._states:
+    for state in lb._lanes.rows():
         record = getattr(state, "add_latency", None) or state.latencies.append
         for i in range(window):
             record(0.05 + i * 1e-4 + state.index * 1e-9)

@@ -229,12 +229,6 @@ class BaseLoadBalancer:
         names = ", ".join(f"{b.id} (priority {b.priority})" for b in self.backends)
         return f"{type(self).__name__}([{names}])"
 
-    @property
-    def _states(self) -> list[BackendState]:
-        """The backends' states for requests naming no deployment."""
-        with self._lock:
-            return self._lanes.default.states
-
     # ------------------------------------------------------------------ the flow of one request
 
     def _flow(self, request: Request, lib: HttpLib) -> Generator[Action, Any, Response]:
@@ -271,12 +265,9 @@ class BaseLoadBalancer:
             if pin is not None:
                 tried |= pin.excluded(len(states))
             skip, candidates = tried, states
-            if lane.missing and not bound:
-                missing = lane.lacking(now)
-                # Lacking everywhere: tried anyway, and the first 404 goes to the caller.
-                if missing and len(missing) < len(states):
-                    skip = tried | missing
-                    candidates = [s for s in states if s.index not in missing]
+            if lane.missing and not bound and (missing := lane.passed_over(now)):
+                skip = tried | missing
+                candidates = [s for s in states if s.index not in missing]
             with self._lock:
                 state, probe, seq = lane.choice.choose(now, skip, self._random, cost)
                 if probe and state is not None and state.failures:
@@ -332,7 +323,7 @@ class BaseLoadBalancer:
                     ledger.merge_shared(reservation.records, lane)
                     if reservation.granted and (
                         now < state.cooling_until
-                        or (not bound and now < state.missing_until and len(lane.lacking(now)) < len(states))
+                        or (not bound and now < state.missing_until and state.index in lane.passed_over(now))
                     ):
                         # Granted, but its records say another process saw the backend down, or lacking
                         # the deployment (and another backend may have it).

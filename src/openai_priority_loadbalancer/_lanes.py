@@ -71,6 +71,12 @@ class Lane:
         """The backends believed to lack the deployment now."""
         return {s.index for s in self.states if s.missing_until > now}
 
+    def passed_over(self, now: float) -> set[int]:
+        """The backends a request for the deployment passes over now: those believed to lack it,
+        unless all are (then each is tried anyway, and the last 404 goes to the caller)."""
+        lacking = self.lacking(now)
+        return lacking if len(lacking) < len(self.states) else set()
+
 
 class Lanes:
     """The lanes of one balancer: the one of requests naming no deployment, and one per deployment seen."""

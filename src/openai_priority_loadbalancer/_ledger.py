@@ -249,10 +249,11 @@ class Ledger:
         cooldown_s: float,
         remaining_requests: int | None = None,
         remaining_tokens: int | None = None,
+        key: str | None = None,
     ) -> Share:
-        """The store call that shares ``state``'s set-aside."""
+        """The store call that shares ``state``'s set-aside (under ``key``, default its own)."""
         shared = SharedState(cooldown_s, reason, state.failures, remaining_requests, remaining_tokens)
-        return ("set_aside", (state.key, shared))
+        return ("set_aside", (state.key if key is None else key, shared))
 
     # ------------------------------------------------------------------ errors and failures
 
@@ -297,8 +298,7 @@ class Ledger:
             if s is not state and now + cooldown > s.cooling_until:  # a longer 429 of its own stays
                 s.cooling_until, s.cooling_reason, s.reported = now + cooldown, "failed", None
         if shares is not None:  # under the backend's own key: every deployment, in every process
-            shared = SharedState(cooldown, "failed", failures)
-            shares.append(("set_aside", (self._lanes.backend_key(state.index), shared)))
+            shares.append(self.record(state, "failed", cooldown, key=self._lanes.backend_key(state.index)))
         return FailedEvent(
             self._wall_clock(), state.backend.id, what, failures, cooldown, now - started, state.deployment
         )
